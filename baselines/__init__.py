@@ -1,0 +1,1 @@
+"""Baselines: controlled re-implementations and adapters for official releases."""

@@ -1,0 +1,1 @@
+"""Evaluation metrics (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism metrics)."""

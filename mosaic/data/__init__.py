@@ -1,0 +1,1 @@
+"""Multi-subject correspondence data: format, token mapping, sources and tools."""
