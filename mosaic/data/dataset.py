@@ -38,7 +38,7 @@ def _resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 HWC -> float CHW in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def encode_sample(sample: Sample, spec: TokenSpec, strict: bool = False, max_k: int | None = None) -> dict[str, Any]:

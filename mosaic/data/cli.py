@@ -1,0 +1,76 @@
+"""`mosaic data`: generate the synthetic world, draw contact sheets, validate dataset folders."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    g = sub.add_parser("generate", help="write a synthetic multi-subject dataset folder")
+    g.add_argument("--out", required=True, help="dataset folder to create")
+    g.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--split", choices=["train", "val", "test"], default="train",
+                   help="identity split; splits share no subject")
+    g.add_argument("--k-min", type=int, default=1, help="fewest subjects per sample")
+    g.add_argument("--k-max", type=int, default=4, help="most subjects per sample")
+    g.add_argument("--target-size", type=int, default=96, help="target image side in px")
+    g.add_argument("--ref-size", type=int, default=48, help="reference image side in px")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+
+    v = sub.add_parser("preview", help="draw a contact sheet of a dataset's first samples")
+    v.add_argument("dataset", help="dataset folder")
+    v.add_argument("--out", required=True, help="PNG file to write")
+    v.add_argument("--n", type=int, default=4, help="number of samples (default 4)")
+    v.add_argument("--tokens", type=int, nargs=2, metavar=("DOWNSAMPLE", "PATCH"),
+                   help="also draw the token grid (e.g. 4 2 for the tiny profile)")
+
+    c = sub.add_parser("validate", help="check a dataset folder; exit 1 if it has problems")
+    c.add_argument("path", help="dataset folder")
+
+
+def _generate(args) -> int:
+    from .synthetic import SyntheticConfig, generate_dataset
+
+    cfg = replace(SyntheticConfig(), target_size=args.target_size, ref_size=args.ref_size)
+    out = generate_dataset(args.out, args.n, args.seed, args.split, args.k_min, args.k_max, cfg, args.overwrite)
+    print(f"wrote {args.n} {args.split} samples (K in [{args.k_min}, {args.k_max}], seed {args.seed}) to {out}")
+    return 0
+
+
+def _preview(args) -> int:
+    from .dataset import TokenSpec
+    from .preview import write_preview
+    from .sample import load_sample, read_manifest
+
+    spec = None
+    if args.tokens:
+        records = read_manifest(args.dataset)
+        if not records:
+            raise ValueError(f"{args.dataset}: empty manifest")
+        first = load_sample(args.dataset, records[0])
+        spec = TokenSpec(first.target.shape[:2], first.references[0].image.shape[:2], *args.tokens)
+    out = write_preview(args.dataset, args.out, n=args.n, spec=spec)
+    print(f"wrote {out}")
+    return 0
+
+
+def _validate(args) -> int:
+    from .sample import read_manifest
+    from .validate import validate_dataset
+
+    problems = validate_dataset(args.path)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    print(f"OK: {len(read_manifest(args.path))} samples")
+    return 0
+
+
+def run(args) -> int:
+    return {"generate": _generate, "preview": _preview, "validate": _validate}[args.data_command](args)
