@@ -82,3 +82,19 @@ def test_validate_with_real_validator(tmp_path, capsys):
     (tmp_path / "ds" / "samples" / "train-000000" / "target.png").write_bytes(b"not a png")
     assert main(["data", "validate", str(tmp_path / "ds")]) == 1
     assert "target.png" in capsys.readouterr().out
+
+
+def test_collage_and_benchmark_commands(tmp_path, capsys):
+    from mosaic.cli import main
+    from mosaic.data.sample import read_manifest
+
+    assert main(["data", "generate", "--out", str(tmp_path / "src"), "--n", "12", "--k-min", "1", "--k-max", "1"]) == 0
+    assert main(["data", "collage", str(tmp_path / "src"), "--out", str(tmp_path / "col"), "--n", "3", "--k", "2",
+                 "--canvas", "96"]) == 0
+    recs = read_manifest(tmp_path / "col")
+    assert len(recs) == 3 and all(r["k"] == 2 for r in recs)
+    assert main(["data", "validate", str(tmp_path / "col")]) == 0
+    capsys.readouterr()
+    assert main(["data", "benchmark", "xversebench", "single"]) == 0
+    out = capsys.readouterr().out
+    assert "20 runnable, 70 skipped of 90" in out and out.count("skipped xversebench-single-") == 70

@@ -31,6 +31,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("validate", help="check a dataset folder; exit 1 if it has problems")
     c.add_argument("path", help="dataset folder")
 
+    m = sub.add_parser("collage", help="compose single-subject samples into multi-subject collages")
+    m.add_argument("source", help="dataset folder of single-subject samples")
+    m.add_argument("--out", required=True, help="dataset folder to create")
+    m.add_argument("--n", type=int, default=100, help="number of collages")
+    m.add_argument("--k", type=int, nargs="+", default=[2], help="subjects per collage (one or several K)")
+    m.add_argument("--canvas", type=int, default=512, help="canvas side in px")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser("subjects200k", help="convert Subjects200K parquet + SemAlign annotations to a dataset")
+    s.add_argument("parquet", nargs="+", help="Subjects200K parquet files")
+    s.add_argument("--annotations", required=True, help="folder holding mask/ and coord/{dift,geoaware}/")
+    s.add_argument("--out", required=True, help="dataset folder to create")
+    s.add_argument("--limit", type=int, help="stop after this many samples")
+    s.add_argument("--overwrite", action="store_true")
+
+    b = sub.add_parser("benchmark", help="list a benchmark protocol's runnable and skipped entries")
+    b.add_argument("name", choices=["dreambench", "xversebench"])
+    b.add_argument("scenario", choices=["single", "multi"])
+    b.add_argument("--root", help="benchmarks folder (default: $MOSAIC_BENCHMARKS or ../shared/benchmarks)")
+
 
 def _generate(args) -> int:
     from .synthetic import SyntheticConfig, generate_dataset
@@ -72,5 +93,33 @@ def _validate(args) -> int:
     return 0
 
 
+def _collage(args) -> int:
+    from .collage import write_collages
+
+    out = write_collages(args.source, args.out, args.n, args.k, args.seed, args.overwrite,
+                         canvas_size=(args.canvas, args.canvas))
+    print(f"wrote {args.n} collages (K in {args.k}) to {out}")
+    return 0
+
+
+def _subjects200k(args) -> int:
+    from .subjects200k import convert_subjects200k
+
+    report = convert_subjects200k(args.parquet, args.annotations, args.out, args.overwrite, args.limit)
+    print(f"wrote {args.out}: {report.summary()}")
+    return 0
+
+
+def _benchmark(args) -> int:
+    from .benchmarks import load_benchmark
+
+    bset = load_benchmark(args.name, args.scenario, args.root)
+    print(bset.summary())
+    for s in bset.skipped:
+        print(f"skipped {s.id}: {s.reason}")
+    return 0
+
+
 def run(args) -> int:
-    return {"generate": _generate, "preview": _preview, "validate": _validate}[args.data_command](args)
+    return {"generate": _generate, "preview": _preview, "validate": _validate, "collage": _collage,
+            "subjects200k": _subjects200k, "benchmark": _benchmark}[args.data_command](args)
