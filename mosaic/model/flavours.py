@@ -1,0 +1,65 @@
+"""Named model flavours: one place that says which backbone, codec and text encoder a profile uses.
+
+`flux-dev` is the real FLUX.1-dev transformer config (weights come from a local diffusers folder
+or the local Hugging Face cache). `tiny` and `debug` are small random FLUX transformers of the same
+architecture for CPU work: `tiny` trains in about a minute per variant on 2 cores at the tiny
+profile sizes, `debug` is the smallest that still exercises every code path (tests).
+
+Tiny/debug token channels: the pixel codec pixel-unshuffles by 4 (3*4*4 = 48 channels) and packs
+2x2 like FLUX latents, so in_channels = 48*4 = 192 (one token per 8 px).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Flavour:
+    name: str
+    transformer: dict[str, Any]  # FluxTransformer2DModel constructor kwargs
+    codec: dict[str, Any]  # {"kind": "vae" | "pixel", "downsample": int, "patch": int}
+    text: dict[str, Any]  # {"kind": "t5-clip" | "hashed", "max_length": int, ...}
+    max_refs: int = 4
+    notes: str = field(default="", compare=False)
+
+
+FLAVOURS: dict[str, Flavour] = {
+    "flux-dev": Flavour(
+        name="flux-dev",
+        transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                         guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        codec=dict(kind="vae", downsample=8, patch=2),
+        text=dict(kind="t5-clip", max_length=512),
+        max_refs=6,
+        notes="FLUX.1-dev; weights from a local diffusers folder (subfolders transformer/, vae/, text_encoder*/)",
+    ),
+    "tiny": Flavour(
+        name="tiny",
+        transformer=dict(patch_size=1, in_channels=192, num_layers=3, num_single_layers=2, attention_head_dim=32,
+                         num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
+                         guidance_embeds=True, axes_dims_rope=(8, 12, 12)),
+        codec=dict(kind="pixel", downsample=4, patch=2),
+        text=dict(kind="hashed", max_length=24, dim=64, pooled_dim=64),
+        max_refs=4,
+    ),
+    "debug": Flavour(
+        name="debug",
+        transformer=dict(patch_size=1, in_channels=192, num_layers=2, num_single_layers=1, attention_head_dim=16,
+                         num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+                         guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
+        codec=dict(kind="pixel", downsample=4, patch=2),
+        text=dict(kind="hashed", max_length=8, dim=16, pooled_dim=16),
+        max_refs=3,
+    ),
+}
+
+
+def get_flavour(flavour: str | Flavour) -> Flavour:
+    """A flavour by name (or the flavour itself); ValueError naming the unknown name."""
+    if isinstance(flavour, Flavour):
+        return flavour
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown model flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+    return FLAVOURS[flavour]
