@@ -82,14 +82,25 @@ def attention(q, k, v, layout: TokenLayout, key_mask: torch.Tensor | None) -> to
     return torch.cat(out, 2).transpose(1, 2).flatten(2)
 
 
-def double_block(blk, txt, img, temb_t, temb_0, freqs, layout: TokenLayout, key_mask):
+def text_modulation(norm_linear, temb_t, text_offset, chunks: int) -> list[torch.Tensor]:
+    """Per-text-token AdaLN parameters [B, L, D] from temb_t + text_offset [B, L, D] (XVerse's token-specific
+    modulation); the base layer only (a LoRA never acts on text tokens)."""
+    return base_layer(norm_linear)(F.silu(temb_t[:, None] + text_offset)).chunk(chunks, dim=-1)
+
+
+def double_block(blk, txt, img, temb_t, temb_0, freqs, layout: TokenLayout, key_mask, text_offset=None):
     """One FluxTransformerBlock over text stream `txt` [B, L, D] and image stream `img` = [target | refs].
 
     Returns (txt, img, q, k); q, k [B, H, N, d] are what enters attention (after RMSNorm and RoPE).
     """
     s, n = layout.n_target, img.shape[1]  # image-stream split: references start at Nt
     sh1, sc1, g1, sh2, sc2, g2 = modulation(blk.norm1.linear, temb_t, temb_0, s, n, 6)
-    txt_h, c_g1, c_sh2, c_sc2, c_g2 = blk.norm1_context(txt, emb=temb_t)
+    if text_offset is None:
+        txt_h, c_g1, c_sh2, c_sc2, c_g2 = blk.norm1_context(txt, emb=temb_t)
+        c_g1, c_sh2, c_sc2, c_g2 = (a[:, None] for a in (c_g1, c_sh2, c_sc2, c_g2))
+    else:
+        c_sh1, c_sc1, c_g1, c_sh2, c_sc2, c_g2 = text_modulation(blk.norm1_context.linear, temb_t, text_offset, 6)
+        txt_h = blk.norm1_context.norm(txt) * (1 + c_sc1) + c_sh1
     h = blk.norm1.norm(img) * (1 + sc1) + sh1
 
     a = blk.attn
@@ -107,15 +118,19 @@ def double_block(blk, txt, img, temb_t, temb_0, freqs, layout: TokenLayout, key_
         h = ref_only(m, h, s)
     img = img + g2 * h
 
-    txt = txt + c_g1[:, None] * a.to_add_out(o_txt)
-    txt = txt + c_g2[:, None] * blk.ff_context(blk.norm2_context(txt) * (1 + c_sc2[:, None]) + c_sh2[:, None])
+    txt = txt + c_g1 * a.to_add_out(o_txt)
+    txt = txt + c_g2 * blk.ff_context(blk.norm2_context(txt) * (1 + c_sc2) + c_sh2)
     return txt, img, q, k
 
 
-def single_block(blk, x, temb_t, temb_0, freqs, layout: TokenLayout, key_mask):
+def single_block(blk, x, temb_t, temb_0, freqs, layout: TokenLayout, key_mask, text_offset=None):
     """One FluxSingleTransformerBlock over the whole sequence x [B, N, D]."""
     s, n = layout.ref_start, x.shape[1]
     shift, scale, gate = modulation(blk.norm.linear, temb_t, temb_0, s, n, 3)
+    if text_offset is not None:  # text tokens [0, L) get their own parameters
+        nl, shape = text_offset.shape[1], (x.shape[0], n, x.shape[-1])
+        shift, scale, gate = (torch.cat([t, p.expand(shape)[:, nl:]], 1) for t, p in
+                              zip(text_modulation(blk.norm.linear, temb_t, text_offset, 3), (shift, scale, gate)))
     h = blk.norm.norm(x) * (1 + scale) + shift
     mlp = blk.act_mlp(ref_only(blk.proj_mlp, h, s))
     a = blk.attn

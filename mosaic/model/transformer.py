@@ -57,7 +57,7 @@ class MosaicTransformer(torch.nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, target, refs, ref_mask, text, pooled, timestep, guidance=None, *, target_grid,
-                ref_grid=None, attn_hook=None) -> torch.Tensor:
+                ref_grid=None, attn_hook=None, ref_offset=None, text_temb_offset=None) -> torch.Tensor:
         """Velocity prediction (noise - x0, the FLUX convention) for the target tokens: [B, Nt, C].
 
         target [B, Nt, C] noisy target tokens; refs [B, K, Nr, C] clean reference tokens, or None for plain
@@ -66,6 +66,10 @@ class MosaicTransformer(torch.nn.Module):
         flavour is guidance-distilled); target_grid / ref_grid the (h, w) token grids.
         attn_hook(i, q, k, layout) is called for every double block i with q, k [B, H, N, d] as they enter
         attention (after RMSNorm and RoPE); it runs outside the checkpointed block, once per forward.
+        Baseline inputs (None: off): ref_offset [B, K, D] is added to every token of reference k after
+        x_embedder (DreamO's index embedding); text_temb_offset [B, n_blocks, L, D] is added to the
+        timestep embedding that modulates each text token in block j (XVerse's text-stream modulation;
+        double blocks first, then single blocks).
         """
         tr = self.transformer
         b, nt, _ = target.shape
@@ -82,14 +86,19 @@ class MosaicTransformer(torch.nn.Module):
 
         temb_t, temb_0 = self.time_embeddings(timestep, guidance, pooled, with_refs=kmax > 0)
         img = fused.ref_only(tr.x_embedder, torch.cat([target, refs.flatten(1, 2)], 1), nt)
+        if ref_offset is not None and kmax:  # per-reference offset on all its tokens (DreamO's index embedding)
+            img = torch.cat([img[:, :nt], img[:, nt:] + ref_offset.to(img.dtype).repeat_interleave(nr, dim=1)], 1)
         txt = tr.context_embedder(text)
+        nd = len(tr.transformer_blocks)
+        toff = (lambda j: None) if text_temb_offset is None else (lambda j: text_temb_offset[:, j].to(txt.dtype))
         for i, blk in enumerate(tr.transformer_blocks):
-            txt, img, q, k = self._run(fused.double_block, blk, txt, img, temb_t, temb_0, freqs, layout, key_mask)
+            txt, img, q, k = self._run(fused.double_block, blk, txt, img, temb_t, temb_0, freqs, layout, key_mask,
+                                       toff(i))
             if attn_hook is not None:  # outside the checkpointed region: called once per forward
                 attn_hook(i, q, k, layout)
         x = torch.cat([txt, img], 1)
-        for blk in tr.single_transformer_blocks:
-            x = self._run(fused.single_block, blk, x, temb_t, temb_0, freqs, layout, key_mask)
+        for j, blk in enumerate(tr.single_transformer_blocks):
+            x = self._run(fused.single_block, blk, x, temb_t, temb_0, freqs, layout, key_mask, toff(nd + j))
         return tr.proj_out(tr.norm_out(x[:, layout.target], temb_t))
 
     def time_embeddings(self, timestep, guidance, pooled, with_refs: bool = True):
