@@ -1,0 +1,128 @@
+"""MLflow logging for one training run, resumable across restarts of the same output folder.
+
+Why it exists: every training is one MLflow run holding its resolved config (params), its
+provenance (tags: variant, profile, git sha, seed, package versions), per-step metrics and
+its artifacts. A restarted training must continue that run, not open a second one, so the
+run id is stored in the output folder and reused. Metrics are buffered and written in
+batches (one sqlite transaction each) so logging does not slow the training loop.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RUN_ID_FILE = "mlflow_run_id"
+PACKAGES = ("torch", "diffusers", "peft", "deepspeed", "mlflow", "transformers")
+
+
+def git_sha(path: str | os.PathLike = ".") -> str:
+    """HEAD of the repository holding `path`, with "-dirty" if tracked files changed; "unknown" outside git."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+    try:
+        sha = git("rev-parse", "HEAD")
+        return sha + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def resolve_tracking_uri(uri: str | None, output_dir: Path) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else an sqlite store inside the output folder."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Beside an sqlite store (MLflow's default would be ./mlruns in the working directory)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+class RunLogger:
+    """One MLflow run per output folder: `start` creates it or reopens the stored one."""
+
+    def __init__(self, tracking_uri: str, experiment: str, output_dir: Path):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.uri, self.experiment, self.output_dir = tracking_uri, experiment, Path(output_dir)
+        self.run_id: str | None = None
+        self._metrics: list[Any] = []
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=_artifact_location(self.uri))
+        except MlflowException:  # created meanwhile by a concurrent run
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start(self, run_name: str | None, params: dict[str, Any], tags: dict[str, str], step: int) -> str:
+        """Reopen the run recorded in the output folder, or create one and log `params` to it."""
+        from mlflow.entities import Param, RunTag
+        from mlflow.exceptions import MlflowException
+
+        path = self.output_dir / RUN_ID_FILE
+        if path.exists():
+            self.run_id = path.read_text().strip()
+            try:
+                self.client.get_run(self.run_id)
+            except MlflowException:
+                raise FileNotFoundError(f"{path}: MLflow run {self.run_id} is not in the store {self.uri}; "
+                                        f"use the tracking URI the run started with, or delete {path}") from None
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.set_tag(f"resumed_at_step_{step}", "true")
+            return self.run_id
+        run = self.client.create_run(self._experiment_id(), run_name=run_name)
+        self.run_id = run.info.run_id
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.run_id)
+        os.replace(tmp, path)
+        return self.run_id
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+    def flush(self) -> None:
+        if self._metrics:
+            self.client.log_batch(self.run_id, metrics=self._metrics)
+            self._metrics = []
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str) -> None:
+        """FINISHED, FAILED or KILLED (an interrupted run that a restart will reopen)."""
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
