@@ -1,0 +1,359 @@
+"""`mosaic sample`: generate images from a trained run (MOSAIC or a controlled baseline).
+
+Why it exists: every method of the comparison must be sampled the same way before the
+metrics suite scores it. Sampling is FLUX's: the diffusers `FlowMatchEulerDiscreteScheduler`
+with FLUX.1-dev's scheduler config and its resolution-dependent shift (mu from diffusers
+`calculate_shift` on the target token count, sigmas linspace(1, 1/steps), exactly as
+`FluxPipeline`), Euler steps on the model's velocity (noise - x0), K references plus a
+prompt, the guidance embedding value and a seed. The initial noise comes from a CPU
+generator seeded by the seed, so the same seed gives the same image on the same device.
+
+A run folder is what `mosaic train` writes: `config.yaml`, and `lora.safetensors` (lora mode)
+or `transformer/` (base mode); a run whose config names a `model.extension` (a controlled
+baseline) also gets that extension's modules and weights. Instead of a run, `--baseline NAME`
+samples any registered baseline through its own `generate` (e.g. an official release, run in its
+own environment; see baselines/official).
+
+Prompts come from a dataset folder (`--dataset`, e.g. the tiny world's val split), a benchmark
+(`--benchmark`, mosaic.data.benchmarks) or one `--prompt` with its `--ref` images.
+
+Output folder (written under a temporary name, renamed when complete):
+    images/<id>_s<seed>.png           the generated images
+    attention/<id>_s<seed>_ref<k>.png with --attention: reference k's attention over the target
+                                      tokens (mean over its tokens, heads, double blocks and all
+                                      sampling steps; softmax over target keys), scaled to its
+                                      maximum, upsampled to the image size
+    manifest.jsonl                    one line per image in the format of `metrics.manifest`
+                                      (the `mosaic eval` input), with meta.model and meta.settings
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# FLUX.1-dev scheduler/scheduler_config.json
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
+FLUX_DEV_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
+
+
+@dataclass
+class Request:
+    """One prompt with its references (image paths, in prompt order)."""
+
+    id: str
+    prompt: str
+    references: list[Any]
+    phrases: list[str] = field(default_factory=list)  # each subject's phrase as written in the prompt
+    record: dict[str, Any] = field(default_factory=dict)  # manifest fields (references, benchmark, ...)
+    entry: Any = None  # a mosaic.data.benchmarks.BenchmarkEntry: its manifest line is benchmark_record's
+
+
+def flux_timesteps(steps: int, n_tokens: int, device=None) -> tuple[Any, torch.Tensor]:
+    """(scheduler, timesteps in [0, 1000]) for `steps` Euler steps on `n_tokens` image tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sched = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    c = sched.config
+    mu = calculate_shift(n_tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps).tolist(), mu=mu, device=device)
+    return sched, sched.timesteps
+
+
+def load_extension(cfg, model, run: Path | None = None):
+    """The run's `model.extension` set up on `model`, with its trained weights from `run`; None if none."""
+    from .train import load_extension as build
+
+    ext = build(cfg)
+    if ext is not None:
+        ext.setup(model)
+        if run is not None:
+            ext.load(model, run)
+    return ext
+
+
+def _square(img, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: centre crop to a square, then bicubic resize (PIL ImageOps.fit)."""
+    from PIL import Image, ImageOps
+
+    from .data.sample import load_image
+
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(Path(img))
+    im = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, np.uint8))
+    return np.asarray(ImageOps.fit(im.convert("RGB"), (size, size), Image.BICUBIC))
+
+
+class Sampler:
+    """A model with its codec and text encoder, sampling one image per call."""
+
+    def __init__(self, model, codec, text_encoder, target_size: int, ref_size: int, extension=None,
+                 guidance: float = 1.0, attn_blocks=None, info: dict[str, Any] | None = None):
+        self.model, self.codec, self.text_encoder, self.extension = model.eval(), codec, text_encoder, extension
+        self.target_size, self.ref_size, self.guidance, self.attn_blocks = target_size, ref_size, guidance, attn_blocks
+        self.info = info or {}
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike, device: str | torch.device | None = None) -> "Sampler":
+        """Load a `mosaic train` output folder (see the module docstring)."""
+        from .config import load_config
+        from .train import BASE_DIR, LORA_FILE, build_components
+
+        run = Path(run)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run / 'config.yaml'}: not a training run folder (config.yaml missing)")
+        cfg = load_config(run / "config.yaml")
+        lora = run / LORA_FILE
+        if cfg.train.mode == "base":
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(run / BASE_DIR)))
+        elif not lora.is_file():
+            raise FileNotFoundError(f"{lora}: the run's LoRA is missing (did the training finish?)")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, codec, text_encoder = build_components(dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, gradient_checkpointing=False)), device)
+        if cfg.train.mode == "lora":
+            model.load_lora(lora)
+        ext = load_extension(cfg, model, run)
+        model.to(device)
+        guidance = FLUX_DEV_GUIDANCE if cfg.model.flavour == "flux-dev" else cfg.train.guidance
+        info = {"run": str(run.resolve()), "variant": cfg.variant, "flavour": cfg.model.flavour,
+                "pos_scheme": cfg.model.pos_scheme, "extension": cfg.model.extension,
+                "weights": cfg.model.weights, "lora": str(lora.resolve()) if cfg.train.mode == "lora" else None}
+        return cls(model, codec, text_encoder, cfg.data.target_size, cfg.data.ref_size, ext, guidance,
+                   cfg.loss.blocks, info)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, references: list, seed: int, steps: int = 28, guidance: float | None = None,
+                 phrases: list[str] | None = None, attention: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(uint8 image [H, W, 3], per-reference attention maps [K, th, tw] or None)."""
+        from .losses import AttentionProbe, LossConfig
+        from .train import Encoded
+
+        k = len(references)
+        if phrases is not None and len(phrases) != k:
+            raise ValueError(f"{len(phrases)} phrases for {k} references")
+        dev, dt = self.device, self.dtype
+        grid = self.codec.grid(self.target_size, self.target_size)
+        n_tokens = grid[0] * grid[1]
+        refs = ref_mask = ref_grid = None
+        if k:
+            imgs = torch.stack([torch.from_numpy(_square(r, self.ref_size).copy()) for r in references]).permute(0, 3, 1, 2)
+            refs = self.codec.encode(imgs.to(dev).float().div(127.5).sub(1)).unsqueeze(0).to(dt)
+            ref_mask = torch.ones(1, k, dtype=torch.bool, device=dev)
+            ref_grid = self.codec.grid(self.ref_size, self.ref_size)
+        text, pooled = self.text_encoder.encode([prompt])
+        text, pooled = text.to(dev, dt), pooled.to(dev, dt)
+        batch = {"prompt": [prompt], "phrases": [list(phrases or [""] * k)], "ref_mask": ref_mask,
+                 "ref_tokens": torch.zeros(1, k, 0, dtype=torch.long)}
+        kwargs = {}
+        if self.extension is not None:
+            x0 = torch.zeros(1, n_tokens, self.model.in_channels, device=dev, dtype=dt)
+            enc = Encoded(x0, refs, ref_mask, text, pooled, grid, ref_grid)
+            kwargs = self.extension.forward_kwargs(self.model, batch, [prompt], enc)
+        g = torch.full((1,), self.guidance if guidance is None else guidance, device=dev, dtype=dt)
+        if not self.model.transformer.config.guidance_embeds:
+            g = None
+        sched, timesteps = flux_timesteps(steps, n_tokens, dev)
+        gen = torch.Generator().manual_seed(int(seed))
+        x = torch.randn(1, n_tokens, self.model.in_channels, generator=gen).to(dev, dt)
+        total = None
+        probe_cfg = LossConfig(normalize_over="target", mdl_rows="all", blocks=self.attn_blocks)
+        for t in timesteps:
+            probe = AttentionProbe(probe_cfg, batch, recompute=False) if attention and k else None
+            v = self.model(x, refs, ref_mask, text, pooled, (t / 1000).expand(1).to(dt), g, target_grid=grid,
+                           ref_grid=ref_grid, attn_hook=probe, **kwargs)
+            x = sched.step(v, t, x).prev_sample
+            if probe is not None:
+                m = probe.maps()[0].mean(1).float()  # [K, Nt]: mean over the reference's tokens
+                total = m if total is None else total + m
+        img = self.codec.decode(x.float(), (self.target_size, self.target_size))[0]
+        img = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        maps = None if total is None else (total / len(timesteps)).reshape(k, *grid).cpu().numpy()
+        return img, maps
+
+
+# ---------------------------------------------------------------- request sources
+
+def dataset_requests(root: str | os.PathLike) -> list[Request]:
+    """Prompts, references and phrases of a dataset folder (e.g. the tiny world's val split)."""
+    from .data.sample import read_manifest
+
+    root = Path(root).resolve()
+    out = []
+    for rec in read_manifest(root):
+        refs = [root / r["image"] for r in rec["references"]]
+        phrases = [r["phrase"] for r in rec["references"]]
+        out.append(Request(rec["id"], rec["prompt"], refs, phrases, {
+            "references": [{"image": str(p), "phrase": ph, "category": "object"} for p, ph in zip(refs, phrases)],
+            "benchmark": root.name, "scenario": "multi" if len(refs) > 1 else "single", "entry": rec["id"]}))
+    return out
+
+
+def benchmark_requests(benchmark: str, scenario: str, root: str | os.PathLike | None = None) -> list[Request]:
+    """The runnable entries of a benchmark (mosaic.data.benchmarks); skipped ones are reported, not run."""
+    from .data.benchmarks import load_benchmark
+
+    bs = load_benchmark(benchmark, scenario, root)
+    print(bs.summary())
+    return [Request(e.id, e.prompt, list(e.references), list(e.subjects), entry=e) for e in bs.entries]
+
+
+def manifest_record(req: Request, image: str, method: str, seed: int) -> dict[str, Any]:
+    """The `metrics.manifest` line of one image generated for `req` with `seed` (id "<req.id>_s<seed>")."""
+    from metrics.manifest import benchmark_record
+
+    if req.entry is not None:
+        return benchmark_record(req.entry, image, method, seed)
+    rec = {"id": f"{req.id}_s{seed}", "image": image, "prompt": req.prompt, "k": len(req.references),
+           "method": method, "seed": seed, **req.record}
+    rec.setdefault("references", [{"image": str(Path(r).resolve()), "phrase": p}
+                                  for r, p in zip(req.references, req.phrases)])
+    return rec
+
+
+def write_outputs(generate, requests: list[Request], seeds: list[int], out: str | os.PathLike, method: str,
+                  info: dict[str, Any], settings: dict[str, Any], overwrite: bool = False) -> Path:
+    """Generate every (request, seed) into `out` (see the module docstring); returns `out`.
+
+    generate(request, seed) -> (uint8 image [H, W, 3], attention maps [K, th, tw] or None);
+    `info` and `settings` go into every manifest line's meta (model identity, sampler settings).
+    """
+    from PIL import Image
+
+    from metrics.manifest import DEFAULT_NAME
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: output folder exists (pass overwrite=True / --overwrite to replace it)")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    lines = []
+    for req in requests:
+        for seed in seeds:
+            name = f"{req.id}_s{seed}"
+            img, maps = generate(req, seed)
+            Image.fromarray(img).save(tmp / "images" / f"{name}.png")
+            rec = manifest_record(req, f"images/{name}.png", method, seed)
+            meta = {"model": info, "settings": settings}
+            if maps is not None:
+                (tmp / "attention").mkdir(exist_ok=True)
+                meta["attention_maps"] = [_save_map(m, tmp / "attention" / f"{name}_ref{j}.png", img.shape[:2])
+                                          for j, m in enumerate(maps)]
+            rec["meta"] = meta
+            lines.append(json.dumps(rec))
+    (tmp / DEFAULT_NAME).write_text("\n".join(lines) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def sample_run(run: str | os.PathLike, requests: list[Request], seeds: list[int], out: str | os.PathLike,
+               steps: int = 28, guidance: float | None = None, attention: bool = False, method: str = "",
+               device: str | None = None, overwrite: bool = False) -> Path:
+    """Sample a training run (MOSAIC or a controlled baseline) into `out`."""
+    s = Sampler.from_run(run, device)
+    settings = {"steps": steps, "guidance": s.guidance if guidance is None else guidance,
+                "target_size": s.target_size, "ref_size": s.ref_size,
+                "scheduler": "FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER}
+
+    def generate(req: Request, seed: int):
+        return s.generate(req.prompt, req.references, seed, steps, guidance, req.phrases or None, attention)
+    return write_outputs(generate, requests, seeds, out, method or s.info.get("variant", ""), s.info, settings,
+                         overwrite)
+
+
+def sample_baseline(name: str, requests: list[Request], seeds: list[int], out: str | os.PathLike,
+                    method: str = "", overwrite: bool = False, **kwargs) -> Path:
+    """Sample a registered baseline (e.g. an official release, in its own environment) into `out`."""
+    from baselines.registry import get_baseline
+
+    b = get_baseline(name)(**kwargs)
+
+    def generate(req: Request, seed: int):
+        img = b.generate(req.prompt, req.references, seed, phrases=req.phrases or None)
+        return np.asarray(img.convert("RGB")), None
+    info = {"baseline": name, **{k: str(v) for k, v in kwargs.items()}}
+    settings = {**getattr(b, "settings", {}), **({"protocol": b.PROTOCOL} if getattr(b, "PROTOCOL", None) else {})}
+    return write_outputs(generate, requests, seeds, out, method or name, info, settings, overwrite)
+
+
+def _save_map(m: np.ndarray, path: Path, size_hw: tuple[int, int]) -> str:
+    from PIL import Image
+
+    a = (255 * m / max(float(m.max()), 1e-12)).round().astype(np.uint8)
+    a = np.kron(a, np.ones((size_hw[0] // a.shape[0], size_hw[1] // a.shape[1]), np.uint8))
+    Image.fromarray(a, "L").save(path)
+    return f"attention/{path.name}"
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", help="training output folder (config.yaml + lora.safetensors)")
+    model.add_argument("--baseline", help="a registered baseline (baselines.registry) instead of a run, e.g. uno-official")
+    p.add_argument("--baseline-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the baseline's constructor (repeatable; values parsed as YAML)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="dataset folder whose prompts and references to use (e.g. a val split)")
+    src.add_argument("--benchmark", choices=["dreambench", "xversebench"], help="benchmark prompts (with --scenario)")
+    src.add_argument("--prompt", help="one prompt (with --ref images, in prompt order)")
+    p.add_argument("--scenario", choices=["single", "multi"], default="multi")
+    p.add_argument("--benchmarks-root", help="benchmark folder (default $MOSAIC_BENCHMARKS or ../shared/benchmarks)")
+    p.add_argument("--ref", action="append", default=[], help="reference image (repeatable, with --prompt)")
+    p.add_argument("--phrase", action="append", default=[], help="each reference's phrase in the prompt (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=28, help="Euler steps (--run)")
+    p.add_argument("--guidance", type=float,
+                   help="guidance embedding (--run; default: 3.5 for flux-dev, else the run's train.guidance)")
+    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--attention", action="store_true", help="also write per-reference attention maps (--run)")
+    p.add_argument("--method", help="method name in the manifest (default: the run's variant)")
+    p.add_argument("--device", help="cpu / cuda (--run; default: cuda if available)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.prompt is not None:
+        if args.phrase and len(args.phrase) != len(args.ref):
+            raise ValueError(f"--phrase given {len(args.phrase)} times for {len(args.ref)} --ref images")
+        phrases = list(args.phrase) or [""] * len(args.ref)
+        requests = [Request("prompt", args.prompt, [Path(r) for r in args.ref], phrases)]
+    elif args.dataset:
+        requests = dataset_requests(args.dataset)
+    else:
+        requests = benchmark_requests(args.benchmark, args.scenario, args.benchmarks_root)
+    requests = requests[: args.limit] if args.limit else requests
+    if args.run:
+        out = sample_run(args.run, requests, args.seeds, args.out, args.steps, args.guidance, args.attention,
+                         args.method or "", args.device, args.overwrite)
+    else:
+        import yaml
+
+        kwargs = {}
+        for item in args.baseline_arg:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"--baseline-arg {item!r}: expected KEY=VALUE")
+            kwargs[key] = yaml.safe_load(raw)
+        out = sample_baseline(args.baseline, requests, args.seeds, args.out, args.method or "", args.overwrite,
+                              **kwargs)
+    print(f"wrote {len(requests) * len(args.seeds)} images to {out}")
+    return 0
