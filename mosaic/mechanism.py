@@ -12,7 +12,13 @@ keys, the blocks of `loss.blocks`), scored by the pure functions of metrics.mech
   rows over the target (MDL's a^(k)); leakage is the share of a inside the target-token
   masks of the sample's other subjects (its own tokens excluded), averaged over references;
   `leakage_chance` is the same for a uniform distribution (the share other subjects cover),
-  `own_share` the share of a inside the reference's own subject mask.
+  `own_share` the share of a inside the reference's own subject mask;
+- subject leakage: leakage / (leakage + own share), the share of a reference's mass ON SUBJECTS
+  that lands on the wrong ones, with `subject_leakage_chance` its value for uniform attention
+  (the other subjects' share of all subject tokens, about (K-1)/K). Plain leakage rises whenever
+  attention moves from the background onto subjects, grounded or not (SCAL does exactly that),
+  so it cannot tell "attends to its own subject" from "attends to every subject"; subject
+  leakage can: it sits at its chance value when a reference does not know which subject is its.
 
 It also draws, for a few val samples, each reference's a^(k) over the target image
 (ground-truth mask as a contour).
@@ -47,6 +53,12 @@ def mask_shares(a: torch.Tensor, token_masks: torch.Tensor, ref_mask: torch.Tens
     return torch.cat(leak).float(), torch.cat(own).float()
 
 
+def subject_leakage(leak: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Per reference: the share of its on-subject mass (own + other subjects) on the other subjects;
+    0 for a reference with no mass on any subject."""
+    return leak / (leak + own).clamp_min(1e-12)
+
+
 @torch.no_grad()
 def attention(model, enc, batch: dict[str, Any], t: float, blocks, g: torch.Generator, guidance, ext=None):
     """(point maps [B, K, P, Nt], per-reference distributions a [B, K, Nt]) at timestep t."""
@@ -73,7 +85,7 @@ def evaluate(model, codec, text_encoder, dataset, cfg: Config, device, dtype,
     loader = DataLoader(Subset(dataset, range(n)), batch_size=cfg.train.batch_size, collate_fn=collate)
     ts = cfg.eval.timesteps
     hits, counts, leaks, owns = np.zeros(len(ts)), np.zeros(len(ts)), [[] for _ in ts], [[] for _ in ts]
-    chance = []  # leakage of a uniform distribution over the target: the share of other subjects' tokens
+    chance, own_chance = [], []  # leakage / own share of a uniform distribution over the target
     figure = []
     was_training = model.training
     model.eval()
@@ -81,7 +93,9 @@ def evaluate(model, codec, text_encoder, dataset, cfg: Config, device, dtype,
         enc = encode_batch(batch, batch["prompt"], codec, text_encoder, device, dtype, with_refs=True)
         valid = batch["point_mask"].any(-1)
         token_masks = batch["token_masks"].flatten(2)
-        chance.append(mask_shares(torch.ones(token_masks.shape), token_masks, batch["ref_mask"], valid)[0])
+        uniform = mask_shares(torch.ones(token_masks.shape), token_masks, batch["ref_mask"], valid)
+        chance.append(uniform[0])
+        own_chance.append(uniform[1])
         nb = len(batch["prompt"])
         guidance = guidance_for(model, nb, cfg, device)
         for j, t in enumerate(ts):
@@ -100,13 +114,21 @@ def evaluate(model, codec, text_encoder, dataset, cfg: Config, device, dtype,
                                    a[b, :k].cpu().float().reshape(k, *enc.target_grid), valid[b, :k]))
     model.train(was_training)
     out: dict[str, float] = {}
+
+    def subject(leak: list, own: list) -> float:
+        return float(subject_leakage(torch.cat(leak), torch.cat(own)).mean()) if leak else float("nan")
+
     for j, t in enumerate(ts):
         out[f"mech/alignment_acc/t{t:g}"] = hits[j] / max(counts[j], 1)
         out[f"mech/leakage/t{t:g}"] = float(torch.cat(leaks[j]).mean()) if leaks[j] else float("nan")
+        out[f"mech/subject_leakage/t{t:g}"] = subject(leaks[j], owns[j])
     out["mech/alignment_acc"] = float(hits.sum() / max(counts.sum(), 1))
     out["mech/leakage"] = float(torch.cat([x for l in leaks for x in l]).mean()) if any(leaks) else float("nan")
     out["mech/own_share"] = float(torch.cat([x for o in owns for x in o]).mean()) if any(owns) else float("nan")
     out["mech/leakage_chance"] = float(torch.cat(chance).mean()) if chance else float("nan")
+    out["mech/own_share_chance"] = float(torch.cat(own_chance).mean()) if own_chance else float("nan")
+    out["mech/subject_leakage"] = subject([x for l in leaks for x in l], [x for o in owns for x in o])
+    out["mech/subject_leakage_chance"] = subject(chance * len(ts), own_chance * len(ts))
     out["mech/points"] = float(counts[0])
     out["mech/samples"] = float(n)
     return out, figure
