@@ -1,0 +1,130 @@
+"""CLIP-I and CLIP-T through open_clip, with the model and pretrained tag as recorded choices.
+
+No compared system ships its CLIP-I/CLIP-T code, so the choices are explicit config:
+`model` (an open_clip name, or `local-dir:<folder>` for the tiny-world evaluator) and
+`pretrained` (an open_clip tag resolved through the Hugging Face cache, or a checkpoint file).
+Images go through open_clip's own eval transform for that model, unchanged. Scores are
+cosine x100. CLIP-T scores the prompt without subject tokens (`Item.clip_t_prompt`);
+CLIP-I scores each reference, and the aggregate reports the mean and the per-image minimum.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .manifest import Item
+from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section
+
+
+def _check_source(key: str, model: str, pretrained: str | None) -> None:
+    """Fail early, naming the config key and the path, when configured weights are absent."""
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise MetricUnavailable(f"{key}.model: {folder}/open_clip_config.json not found "
+                                    f"(train the tiny-world evaluators or fix the path)")
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.pth")):
+            raise MetricUnavailable(f"{key}.model: no weights file in {folder}")
+        return
+    if not pretrained:
+        raise MetricUnavailable(f"{key}.pretrained is not set: give an open_clip tag for {model} "
+                                f"(weights in the Hugging Face cache) or a checkpoint file")
+    looks_like_path = "/" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+    if looks_like_path and not Path(pretrained).expanduser().is_file():
+        raise MetricUnavailable(f"{key}.pretrained: checkpoint file {pretrained} not found "
+                                f"(provide the {model} weights there)")
+
+
+class ClipModel:
+    """An open_clip model with its eval transform and tokenizer; embeddings are L2-normalised."""
+
+    def __init__(self, key: str, model: str, pretrained: str | None = None, world: str = ""):
+        import open_clip
+        import torch
+
+        _check_source(key, model, pretrained)
+        try:
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=None if model.startswith("local-dir:") else pretrained)
+        except (RuntimeError, OSError) as e:
+            raise MetricUnavailable(f"{key}: cannot load open_clip {model} with pretrained={pretrained!r} "
+                                    f"({e}); put the weights in the Hugging Face cache or set "
+                                    f"{key}.pretrained to a local checkpoint file") from None
+        self.net, self.preprocess = net.eval(), preprocess
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.torch = torch
+        self.id = f"open_clip:{model}:{pretrained or ''}"
+        self.world = world
+        self.weights = model[len("local-dir:"):] if model.startswith("local-dir:") else str(pretrained)
+        self.model_name = model
+        self.protocol = f"open_clip eval transform ({_describe(preprocess)}); cosine x100"
+
+    def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
+        from PIL import Image
+
+        x = self.torch.stack([self.preprocess(Image.fromarray(a)) for a in arrays])
+        with self.torch.no_grad():
+            f = self.net.encode_image(x, normalize=True)
+        return f.float().numpy()
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        with self.torch.no_grad():
+            f = self.net.encode_text(self.tokenizer(texts), normalize=True)
+        return f.float().numpy()
+
+
+def _describe(transform) -> str:
+    return ", ".join(type(t).__name__ + (f"({getattr(t, 'size', '')})" if hasattr(t, "size") else "")
+                     for t in getattr(transform, "transforms", [transform]))
+
+
+def load_clip(cfg: dict[str, Any], ctx: Context, key: str) -> ClipModel:
+    sec = section(cfg, key)
+    if "model" not in sec:
+        raise MetricUnavailable(f"{key}.model is not set")
+    args = (sec["model"], sec.get("pretrained"))
+    return ctx.model(("clip", *args), lambda: ClipModel(key, *args, world=str(sec.get("world", ""))))
+
+
+class _ClipMetric(Metric):
+    model_keys = ("model", "pretrained")
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.model = load_clip(cfg, ctx, self.config_key)
+
+    def identity(self) -> dict[str, str]:
+        m = self.model
+        return {"model": m.model_name, "weights": m.weights, "protocol": m.protocol, "world": m.world}
+
+
+@register
+class ClipI(_ClipMetric):
+    name = "CLIP-I"
+    inputs = ("image", "references")
+    config_key = "clip_i"
+
+    def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
+        gen = self.ctx.image_embeddings(self.model, items, images)
+        rows = []
+        for i, it in enumerate(items):
+            refs = self.ctx.ref_embeddings(self.model, [r.image for r in it.references])
+            for j, e in enumerate(refs):
+                rows.append(Row(i, j, float(cosine100(gen[i], e))))
+        return rows
+
+
+@register
+class ClipT(_ClipMetric):
+    name = "CLIP-T"
+    inputs = ("image", "prompt")
+    config_key = "clip_t"
+
+    def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
+        gen = self.ctx.image_embeddings(self.model, items, images)
+        texts = [it.clip_t_prompt for it in items]
+        emb = self.model.embed_text([t or " " for t in texts])
+        return [Row(i, None, float(cosine100(gen[i], emb[i]))) if t.strip() else
+                Row(i, None, float("nan"), "empty prompt") for i, t in enumerate(texts)]

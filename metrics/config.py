@@ -1,0 +1,61 @@
+"""Metric configuration: one section per metric naming its model, weights and choices.
+
+The `paper` profile is the published protocols with the paper-profile weights left to
+fill in (a missing one fails with the key and the path to provide). The tiny profile is
+written by `metrics.tiny_world.train_evaluators` as `metrics_config.json` next to the
+trained evaluators. A config file (YAML or JSON) may hold the sections at top level or
+under a `metrics:` key; its sections replace the profile's, key by key.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from .dino import PROTOCOL as DINO_PROTOCOL
+
+PAPER: dict[str, dict[str, Any]] = {
+    "clip_i": {"model": "ViT-B-32", "pretrained": "openai"},
+    "clip_t": {"model": "ViT-L-14", "pretrained": "openai"},
+    "dino": {"model": "vit_small_patch16_224.dino", "weights": None, **DINO_PROTOCOL},
+    "id_sim": {"backend": "insightface", "model_root": None, "model_name": "antelopev2", "det_size": 640},
+    "ip_sim": {"localiser": "owlv2_sam", "detector": None, "segmenter": None, "max_instances": 3,
+               "box_threshold": 0.1},
+    "hpsv21": {"model": "ViT-H-14", "checkpoint": None},
+    "mechanism": {},
+}
+PROFILES = {"paper": PAPER}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: str | Path | None = None, profile: str | None = "paper") -> dict[str, Any]:
+    """The profile's sections, overridden by the file's (`metrics:` key or top level)."""
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(f"unknown metrics profile {profile!r}; known: {', '.join(PROFILES)}")
+    cfg = copy.deepcopy(PROFILES[profile]) if profile else {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: metrics config not found")
+        text = path.read_text()
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+        data = data.get("metrics", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise ValueError(f"{path}: metrics config must map section names to mappings")
+        cfg = merge(cfg, data)
+    return cfg

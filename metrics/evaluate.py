@@ -1,0 +1,168 @@
+"""Evaluate generated images: the tidy per-(image, reference, metric) table and its aggregate.
+
+`evaluate(items, cfg)` runs the selected metrics in batches (images loaded once per batch,
+models once per evaluation, reference embeddings cached) and returns three things:
+- `table`: one row per (image, reference, metric); image-level metrics (CLIP-T, HPS) have
+  reference <NA>. `value` is NaN with a `reason` when a metric does not apply or cannot
+  run. `model`, `weights`, `protocol` and `world` record every choice behind the value;
+  `label` marks evaluator-world metrics, e.g. "CLIP-I (tiny-world)": comparable within
+  that world only.
+- `aggregate`: per (benchmark, scenario, method, metric): the mean over (image, reference)
+  pairs and, for per-reference metrics, the mean over images of the minimum over references
+  (a missing subject drags it down), with counts of rows and of NaNs by reason.
+- `info`: metric identities, reference-cache hit rates, item count.
+`evaluate_folder` does the same for a folder + manifest and writes the three files atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mosaic.data.sample import load_image
+
+from . import clip, dino, faces, hps, ipsim, mechanism  # noqa: F401  (register the metrics)
+from .manifest import DEFAULT_NAME, Item, read_items
+from .registry import REGISTRY, Context, MetricUnavailable, Row
+
+TABLE, AGGREGATE, INFO = "metrics.csv", "aggregate.csv", "evaluation.json"
+ITEM_COLUMNS = ("benchmark", "scenario", "entry")
+
+
+def label(metric: str, world: str) -> str:
+    if not world:
+        return metric
+    return f"{metric} ({'tiny-world' if world == 'tiny' else world})"
+
+
+def select(cfg: dict[str, Any], names: list[str] | None) -> list[str]:
+    """The requested metrics (all whose config section is present, by default)."""
+    if names is None:
+        return [n for n, cls in REGISTRY.items() if cls.config_key in cfg]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    return list(names)
+
+
+def _unavailable_rows(cls, items: list[Item], reason: str) -> list[Row]:
+    if "references" in cls.inputs:
+        return [Row(i, j, math.nan, reason) for i, it in enumerate(items) for j in range(len(it.references))]
+    return [Row(i, None, math.nan, reason) for i in range(len(items))]
+
+
+def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None = None, batch_size: int = 16,
+             missing: str = "raise", ctx: Context | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Score `items`; `missing="nan"` turns a metric that cannot load into NaN rows with the reason."""
+    if missing not in ("raise", "nan"):
+        raise ValueError(f"missing={missing!r}: must be 'raise' or 'nan'")
+    if batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size}: must be at least 1")
+    ctx = ctx or Context(cfg)
+    runners, identities = {}, {}
+    for name in select(cfg, metrics):
+        cls = REGISTRY[name]
+        try:
+            runners[name] = cls(cfg, ctx)
+            identities[name] = runners[name].identity()
+        except MetricUnavailable as e:
+            if missing == "raise":
+                raise
+            runners[name], identities[name] = str(e), {"model": "", "weights": "", "protocol": "", "world": ""}
+    records = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        images = [load_image(it.image) for it in batch]
+        for name, runner in runners.items():
+            rows = (_unavailable_rows(REGISTRY[name], batch, runner) if isinstance(runner, str)
+                    else runner.score(batch, images))
+            ident = identities[name]
+            for r in rows:
+                if math.isnan(r.value) and not r.reason:
+                    raise RuntimeError(f"{name} gave NaN without a reason for {batch[r.item].id}")
+                it = batch[r.item]
+                ref = it.references[r.reference] if r.reference is not None else None
+                records.append({
+                    "id": it.id, "image": str(it.image), "method": it.method, "seed": it.seed,
+                    **{k: it.info.get(k, "") for k in ITEM_COLUMNS},
+                    "reference": r.reference, "reference_image": str(ref.image) if ref else "",
+                    "subject": ref.word if ref else "", "category": ref.category if ref else "",
+                    "metric": name, "label": label(name, ident["world"]),
+                    "value": float(r.value), "reason": r.reason, **ident,
+                })
+    columns = ["id", "image", "method", "seed", *ITEM_COLUMNS, "reference", "reference_image", "subject",
+               "category", "metric", "label", "value", "reason", "model", "weights", "protocol", "world"]
+    table = pd.DataFrame.from_records(records, columns=columns)
+    table["reference"] = table["reference"].astype("Int64")
+    table["seed"] = table["seed"].astype("Int64")
+    info = {"n_items": len(items), "metrics": identities, "cache": ctx.cache_stats()}
+    return table, aggregate(table), info
+
+
+def _reasons(values: pd.Series, reasons: pd.Series) -> str:
+    counts = reasons[values.isna()].value_counts()
+    return "; ".join(f"{r or 'no reason'}: {n}" for r, n in counts.items())
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+    keys = ["benchmark", "scenario", "method", "metric", "label"]
+    out = []
+    for key, g in table.groupby(keys, sort=False, dropna=False):
+        first = g.iloc[0]
+        common = {**dict(zip(keys, key)), "model": first["model"], "weights": first["weights"],
+                  "protocol": first["protocol"], "world": first["world"]}
+        v = g["value"]
+        out.append({**common, "statistic": "mean over (image, reference) pairs" if g["reference"].notna().any()
+                    else "mean over images", "value": v.mean(), "std": v.std(ddof=0), "n": int(v.notna().sum()),
+                    "n_nan": int(v.isna().sum()), "nan_reasons": _reasons(v, g["reason"])})
+        if g["reference"].notna().any():
+            per_image = g.groupby("id", sort=False)["value"].min()  # NaN rows skipped; all-NaN -> NaN
+            out.append({**common, "statistic": "mean over images of the min over references",
+                        "value": per_image.mean(), "std": per_image.std(ddof=0), "n": int(per_image.notna().sum()),
+                        "n_nan": int(per_image.isna().sum()), "nan_reasons": ""})
+    cols = [*keys, "statistic", "value", "std", "n", "n_nan", "nan_reasons", "model", "weights", "protocol", "world"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def image_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (image, metric): mean and minimum over references (NaN rows skipped)."""
+    g = table.groupby(["id", "metric"], sort=False)["value"]
+    return pd.DataFrame({"mean": g.mean(), "min": g.min()}).reset_index()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)
+
+
+def evaluate_folder(folder: str | os.PathLike, cfg: dict[str, Any], metrics: list[str] | None = None,
+                    manifest: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                    batch_size: int = 16, missing: str = "raise") -> Path:
+    """Evaluate `folder`/`manifest` and write metrics.csv, aggregate.csv and evaluation.json
+    into `out` (default `folder`/eval), which appears only when complete."""
+    folder = Path(folder)
+    manifest_path = Path(manifest) if manifest and Path(manifest).is_absolute() else folder / (manifest or DEFAULT_NAME)
+    table, agg, info = evaluate(read_items(manifest_path), cfg, metrics, batch_size, missing)
+    out = Path(out) if out else folder / "eval"
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    table.to_csv(tmp / TABLE, index=False)
+    agg.to_csv(tmp / AGGREGATE, index=False)
+    info.update(manifest=str(manifest_path), config=cfg)
+    (tmp / INFO).write_text(json.dumps(_jsonable(info), indent=2, sort_keys=True))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,123 @@
+"""The metric registry and the per-evaluation context (shared models, reference cache).
+
+A metric is a class registered under its published name. It declares the manifest inputs it
+reads and the config keys that choose its model and weights, and scores a batch of items
+into rows: one per (image, reference), or one per image for image-level metrics. A value
+that does not apply or cannot be computed is NaN with a reason; a protocol zero (XVerse's
+"0 if no face") is a real 0 that still carries its reason.
+
+The context loads each model once per evaluation (CLIP-I and IP-Sim may share one) and
+caches reference embeddings: benchmark references repeat across prompts and seeds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Hashable
+
+import numpy as np
+
+from mosaic.data.sample import load_image
+
+from .manifest import Item
+
+REGISTRY: dict[str, type["Metric"]] = {}
+
+
+def register(cls: type["Metric"]) -> type["Metric"]:
+    if cls.name in REGISTRY:
+        raise ValueError(f"metric {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Row:
+    item: int  # index in the evaluated batch
+    reference: int | None  # None: an image-level value
+    value: float
+    reason: str = ""
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric's model, weights or package is missing; the message names the config key."""
+
+
+class Metric:
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]  # manifest fields read: image, prompt, references, masks, attention
+    config_key: ClassVar[str]  # its section in the metrics config
+    model_keys: ClassVar[tuple[str, ...]] = ()  # keys of that section that choose model and weights
+
+    def __init__(self, cfg: dict[str, Any], ctx: "Context"):
+        self.cfg, self.ctx = cfg, ctx
+
+    def identity(self) -> dict[str, str]:
+        """model / weights / protocol strings recorded with every row."""
+        raise NotImplementedError
+
+    def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
+        raise NotImplementedError
+
+
+def section(cfg: dict[str, Any], key: str) -> dict[str, Any]:
+    sec = cfg.get(key)
+    if not isinstance(sec, dict):
+        raise MetricUnavailable(f"metrics config has no section {key!r}")
+    return sec
+
+
+def cosine100(a, b) -> np.ndarray:
+    """Row-wise cosine x100 of two [N, D] arrays or tensors."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return 100.0 * num / np.maximum(den, 1e-12)
+
+
+class Context:
+    """Models loaded once, and reference results cached, for one evaluation."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self._models: dict[Hashable, Any] = {}
+        self._cache: dict[tuple[str, Hashable], Any] = {}
+        self.hits: dict[str, int] = {}
+        self.misses: dict[str, int] = {}
+
+    def model(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        if key not in self._models:
+            self._models[key] = build()
+        return self._models[key]
+
+    def cached(self, namespace: str, keys: list[Hashable], compute: Callable[[list[Hashable]], list[Any]]) -> list[Any]:
+        """Values for `keys`, computing only the missing ones (in one batched call)."""
+        missing = list(dict.fromkeys(k for k in keys if (namespace, k) not in self._cache))
+        self.hits[namespace] = self.hits.get(namespace, 0) + len(keys) - len(missing)
+        self.misses[namespace] = self.misses.get(namespace, 0) + len(missing)  # = values computed
+        if missing:
+            for k, v in zip(missing, compute(missing)):
+                self._cache[(namespace, k)] = v
+        return [self._cache[(namespace, k)] for k in keys]
+
+    def ref_embeddings(self, embedder, paths) -> list[np.ndarray]:
+        """Embeddings of reference images, loaded and embedded only on a cache miss."""
+        return self.cached(f"{embedder.id}|references", [str(p) for p in paths],
+                           lambda keys: list(embedder.embed(load_refs(keys))))
+
+    def image_embeddings(self, embedder, items: list[Item], images: list[np.ndarray]) -> list[np.ndarray]:
+        """Embeddings of the batch's generated images (shared by metrics using the same model)."""
+        by_key = {str(it.image): im for it, im in zip(items, images)}
+        return self.cached(f"{embedder.id}|generated", [str(it.image) for it in items],
+                           lambda keys: list(embedder.embed([by_key[k] for k in keys])))
+
+    def cache_stats(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for ns in sorted(set(self.hits) | set(self.misses)):
+            h, m = self.hits.get(ns, 0), self.misses.get(ns, 0)
+            out[ns] = {"hits": h, "misses": m, "hit_rate": h / (h + m) if h + m else math.nan}
+        return out
+
+
+def load_refs(paths) -> list[np.ndarray]:
+    return [load_image(p) for p in paths]
