@@ -12,6 +12,9 @@ import sys
 # name -> (help, "module:function adding arguments to a subparser", "module:function to run")
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("Generate, preview and validate multi-subject datasets", "mosaic.data.cli"),
+    "eval": ("Score generated images (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism)", "metrics.cli"),
+    "sample": ("Generate images from a trained run (MOSAIC or a controlled baseline) with a manifest", "mosaic.sample"),
+    "train": ("Train the MOSAIC reference LoRA (or the tiny base) with DeepSpeed, logging to MLflow", "mosaic.train"),
 }
 
 
