@@ -1,24 +1,50 @@
-# MOSAIC harness workflow: thin root; rules live in workflow/rules/ by topic.
-# Run: snakemake --cores all results/ablation.csv   (tiny profile by default)
-#      snakemake --cores all --configfile workflow/config/paper.yaml ...   (paper profile)
+# MOSAIC harness workflow: a thin root; the rules live in workflow/rules/ by topic.
+#
+#   snakemake --cores all results/ablation.csv                        # the tiny profile (default)
+#   snakemake --cores all                                             # every table and figure
+#   snakemake -n --configfile workflow/config/paper.yaml              # the paper profile's DAG
+#   snakemake --workflow-profile workflow/profiles/slurm              # the paper profile on SLURM
+#   snakemake --report results/report.html
+#
+# Grids (workflow/rules/common.smk): every training is one (method, ktrain, seed) instance of a
+# Paramspace, shared by the studies that use it; every evaluation one (training, evalset).
+# MLflow: one sqlite store under results/mlflow/, created once in `onstart`; the `mlflow_log`
+# jobs (re)log finished trainings and evaluations into it, one experiment per study.
 import os
+import sys
 
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-configfile: "workflow/config/tiny.yaml"
+
+# A --configfile is a complete profile (paper.yaml, or a copy of tiny.yaml); without one, tiny.yaml.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "workflow/config/tiny.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-RESULTS = config["results"]
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 
 
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/evaluators.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
+
+
+onstart:
+    create_store()
 
 
 rule all:
     input:
-        rules.ablation.output,
+        all_targets(),
+    default_target: True

@@ -1,0 +1,126 @@
+"""The workflow's MLflow store: created once, then filled by (re)logging finished runs into it.
+
+Why it exists: parallel jobs racing on a fresh sqlite store's schema migration break it, so the
+store (sqlite + artifacts under one folder) and its experiments are created once, before any
+job (`ensure_store`, the Snakefile's `onstart`). Jobs then only add runs. A training logs into
+its own run folder's store (it keeps its per-step metrics there); `copy_run` copies that run
+(params, tags, every metric's full history, artifacts) into a study's experiment, and
+`log_record` logs an evaluation record. Both are idempotent through the `wf_key` tag: logging a
+key again first deletes the runs logged under it before, so a rerun never duplicates runs and a
+deleted store is rebuilt by logging again from the run folders. The workflow names each store by a
+generation id (file `generation`, renewed when the store is missing) and passes it to every job
+that logs into the store, so those jobs rerun when the store is new (`check_generation`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+KEY_TAG = "wf_key"
+DB_NAME = "mlflow.db"
+GENERATION_FILE = "generation"  # the store's id, written by the workflow when it finds no store
+_BATCH = 100  # MLflow: at most 100 params or tags and 1000 metrics per log_batch
+
+
+def store_uri(root: str | os.PathLike) -> str:
+    return f"sqlite:///{(Path(root) / DB_NAME).resolve()}"
+
+
+def ensure_store(root: str | os.PathLike, experiments: list[str]) -> str:
+    """Create the sqlite store under `root` and the experiments (artifacts in root/artifacts/<name>); idempotent."""
+    from mlflow import MlflowClient
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    uri = store_uri(root)
+    client = MlflowClient(uri)  # the first client call runs the schema migration
+    for name in experiments:
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=(root / "artifacts" / name).resolve().as_uri())
+    return uri
+
+
+def check_generation(root: str | os.PathLike, generation: str) -> None:
+    """The store under `root` is the one the running workflow planned for (not recreated since)."""
+    path = Path(root) / GENERATION_FILE
+    found = path.read_text().strip() if path.is_file() else None
+    if found != generation:
+        raise RuntimeError(f"{path}: store generation {found!r}, expected {generation!r}: the store was deleted or "
+                           f"recreated after this workflow run was planned; run snakemake again")
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise RuntimeError(f"{client.tracking_uri}: no experiment {name!r}; the store is created with its experiments "
+                           f"by the workflow's onstart (mosaic.mlflow_store.ensure_store)")
+    return exp.experiment_id
+
+
+def _replace(client, experiment: str, key: str, run_name: str, tags: dict[str, str]) -> str:
+    """Delete the runs logged under `key` before; start a new one tagged with it."""
+    exp_id = _experiment_id(client, experiment)
+    for old in client.search_runs([exp_id], filter_string=f"tags.{KEY_TAG} = '{key}'"):
+        client.delete_run(old.info.run_id)
+    run = client.create_run(exp_id, run_name=run_name, tags={**tags, KEY_TAG: key})
+    return run.info.run_id
+
+
+def _log_batch(client, run_id: str, params=(), tags=(), metrics=()) -> None:
+    params, tags, metrics = list(params), list(tags), list(metrics)
+    for i in range(0, len(params), _BATCH):
+        client.log_batch(run_id, params=params[i:i + _BATCH])
+    for i in range(0, len(tags), _BATCH):
+        client.log_batch(run_id, tags=tags[i:i + _BATCH])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def copy_run(src_uri: str, src_run_id: str, dst_uri: str, experiment: str, key: str,
+             tags: dict[str, str] | None = None) -> str:
+    """Copy a finished run (params, tags, full metric histories, artifacts) into `experiment` of the store at
+    `dst_uri`, tagged `source_run_id`, `source_store` and `tags`; returns the new run id."""
+    from mlflow.entities import Param
+
+    src, dst = _client(src_uri), _client(dst_uri)
+    run = src.get_run(src_run_id)
+    own = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    run_id = _replace(dst, experiment, key, run.info.run_name,
+                      {**own, **(tags or {}), "source_run_id": src_run_id, "source_store": src_uri})
+    history = [m for name in run.data.metrics for m in src.get_metric_history(src_run_id, name)]
+    _log_batch(dst, run_id, params=[Param(k, v) for k, v in run.data.params.items()], metrics=history)
+    with tempfile.TemporaryDirectory() as tmp:
+        if src.list_artifacts(src_run_id):
+            local = src.download_artifacts(src_run_id, "", tmp)
+            dst.log_artifacts(run_id, local)
+    dst.set_terminated(run_id, status=run.info.status)
+    return run_id
+
+
+def log_record(uri: str, experiment: str, key: str, run_name: str, record: dict[str, Any], folder: Path,
+               tags: dict[str, str] | None = None) -> str:
+    """Log an evaluation record ({"metrics", "params", "tags", "artifacts": paths relative to `folder`})."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    client = _client(uri)
+    now = int(time.time() * 1000)
+    run_id = _replace(client, experiment, key, run_name, {**record.get("tags", {}), **(tags or {})})
+    _log_batch(client, run_id, params=[Param(k, str(v)[:6000]) for k, v in record.get("params", {}).items()],
+               metrics=[Metric(k, float(v), now, 0) for k, v in record.get("metrics", {}).items()])
+    for rel in record.get("artifacts", []):
+        path = Path(folder) / rel
+        client.log_artifact(run_id, str(path), str(Path(rel).parent) if Path(rel).parent != Path(".") else None)
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id

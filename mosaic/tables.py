@@ -1,0 +1,206 @@
+"""The paper's tables, built from the MLflow runs of a study (mlflow.search_runs), never from side files.
+
+Why it exists: every number in a table must be traceable to the runs it came from. An evaluation
+run holds one cell (one training seed on one evaluation set of n subjects): image metrics
+`img/<metric>` (means over images; labels such as "CLIP-I (tiny-world)" in tags `label/<metric>`)
+and mechanism metrics `mech/alignment_acc`, `mech/leakage` (%). A table row groups cells and
+reports, per metric, the mean, the standard deviation (pandas, ddof=1; NaN for one cell) and a
+"mean ± std" column, plus the MLflow run ids of its evaluation runs and of their trainings.
+With the paper's reported values (../shared/paper/mosaic_reported.csv) a row also carries
+`<metric> paper` and `<metric> gap` (measured - reported) where the paper reports that cell.
+
+- ablation: method (variant) x benchmark/scenario, over seeds and n;
+- sweep: alpha x beta, over seeds and n;
+- scaling: method x train K x n, over seeds;
+- main: DreamBench single/multi, method, over seeds (with NaN reasons, e.g. a missing checkpoint);
+- xversebench: XVerseBench single/multi, method, with the benchmark's runnable and skipped entries.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+MECHANISM = {"metrics.mech/alignment_acc": "alignment acc (%)", "metrics.mech/leakage": "leakage (%)",
+             "metrics.mech/leakage_chance": "leakage at chance (%)"}
+ORDER = ["CLIP-I", "CLIP-T", "DINO", "HPSv2.1", "HPSv3", "ID-Sim", "IP-Sim"]  # the papers' column order
+PAPER_BENCHMARKS = {"dreambench": "DreamBench", "xversebench": "XVerseBench"}
+
+
+def load_runs(tracking_uri: str, experiment: str, kind: str = "eval") -> pd.DataFrame:
+    """The study's active runs of one kind (eval / train), as mlflow.search_runs returns them."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.kind = '{kind}'",
+                              max_results=50000)
+    if runs.empty:
+        raise ValueError(f"{tracking_uri}: experiment {experiment!r} has no {kind} runs")
+    return runs
+
+
+def metric_columns(runs: pd.DataFrame, mechanism: bool = True) -> dict[str, str]:
+    """runs column -> display name: the image metrics present (label from the runs' tags), then mechanism."""
+    out = {}
+    names = [c[len("metrics.img/"):] for c in runs.columns if c.startswith("metrics.img/")]
+    for col in [f"metrics.img/{n}" for n in sorted(names, key=lambda n: (ORDER + [n]).index(n))]:
+        if not col.endswith(".min") and runs[col].notna().any():
+            metric = col[len("metrics.img/"):]
+            labels = runs.get(f"tags.label/{metric}", pd.Series(dtype=object)).dropna().unique()
+            out[col] = labels[0] if len(labels) == 1 else metric
+    if mechanism:
+        out.update({c: n for c, n in MECHANISM.items() if c in runs and runs[c].notna().any()})
+    return out
+
+
+def _fmt(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "n/a"
+    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _ids(values: pd.Series) -> str:
+    return ";".join(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
+
+
+def _nan_notes(g: pd.DataFrame) -> str:
+    notes = {}
+    for col in g.columns:
+        if col.startswith("tags.nan_reasons/"):
+            for v in g[col].dropna():
+                notes.setdefault(f"{col[len('tags.nan_reasons/'):]}: {v}", None)
+    return " | ".join(notes)
+
+
+def summarise(runs: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.DataFrame:
+    """One row per group of `by` (tags, e.g. "method"): per metric mean, std and "mean ± std" over the group's
+    runs; `runs`, the seeds and n values covered, NaN notes, and the eval/train run ids."""
+    rows = []
+    for key, g in runs.groupby([f"tags.{b}" for b in by], sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for col, name in metrics.items():
+            v = pd.to_numeric(g[col], errors="coerce") if col in g else pd.Series(dtype=float)
+            row[name] = _fmt(v.mean(), v.std())
+            row[f"{name} mean"], row[f"{name} std"], row[f"{name} cells"] = v.mean(), v.std(), int(v.notna().sum())
+        row["runs"] = len(g)
+        for tag in ("seed", "n"):
+            if f"tags.{tag}" in g:
+                vals = sorted({str(v) for v in g[f"tags.{tag}"].dropna() if str(v)}, key=lambda s: (len(s), s))
+                row[f"{tag}s"] = ",".join(vals)
+        row["nan notes"] = _nan_notes(g)
+        row["eval_run_ids"] = _ids(g["run_id"])
+        row["train_run_ids"] = _ids(g["tags.train_run_id"]) if "tags.train_run_id" in g else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def read_paper(path: str | os.PathLike | None) -> pd.DataFrame | None:
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: the paper's reported values (config paper_values) not found")
+    df = pd.read_csv(p)
+    missing = {"table", "benchmark", "scenario", "method", "metric", "value"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{p}: missing columns {sorted(missing)}")
+    return df
+
+
+def add_paper(table: pd.DataFrame, paper: pd.DataFrame | None, paper_table: str, metrics: dict[str, str],
+              paper_method: dict[str, str]) -> pd.DataFrame:
+    """`<display> paper` and `<display> gap` (measured mean - reported) where the paper reports the cell: same
+    benchmark, scenario, method (via `paper_method`) and metric (the display name without its world label)."""
+    if paper is None:
+        return table
+    table = table.copy()
+    ref = paper[paper["table"] == paper_table]
+    for name in metrics.values():
+        base = name.split(" (")[0]
+        values = []
+        for _, r in table.iterrows():
+            hit = ref[(ref["benchmark"] == PAPER_BENCHMARKS.get(str(r.get("benchmark")), r.get("benchmark")))
+                      & (ref["scenario"] == r.get("scenario")) & (ref["method"] == paper_method.get(r["method"], ""))
+                      & (ref["metric"] == base)]
+            values.append(float(hit["value"].iloc[0]) if len(hit) else float("nan"))
+        table[f"{name} paper"] = values
+        table[f"{name} gap"] = table[f"{name} mean"] - table[f"{name} paper"]
+    return table
+
+
+def paper_names(methods: dict[str, dict], paper_table: str) -> dict[str, str]:
+    """method -> its name in the paper's `paper_table` (config `paper`: one name, or a mapping per table)."""
+    out = {}
+    for m, v in methods.items():
+        p = v.get("paper") or ""
+        out[m] = p.get(paper_table, "") if isinstance(p, dict) else p
+    return out
+
+
+def _order(table: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    rank = {m: i for i, m in enumerate(methods)}
+    return table.sort_values("method", key=lambda s: s.map(lambda m: rank.get(m, len(rank))), kind="stable")
+
+
+def _front(table: pd.DataFrame, first: list[str], metrics: dict[str, str]) -> pd.DataFrame:
+    """Column order: the keys, the "mean ± std" columns, paper/gap, then numbers, counts and run ids."""
+    shown = [c for c in first if c in table] + [n for n in metrics.values() if n in table]
+    shown += [c for n in metrics.values() for c in (f"{n} paper", f"{n} gap") if c in table]
+    return table[shown + [c for c in table.columns if c not in shown]]
+
+
+def ablation_table(runs: pd.DataFrame, methods: dict[str, dict], paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    metrics = metric_columns(runs)
+    t = summarise(runs, ["method", "benchmark", "scenario"], metrics)
+    t.insert(1, "label", t["method"].map(lambda m: methods.get(m, {}).get("label", "")))
+    t = add_paper(t, paper, "ablation", metrics, paper_names(methods, "ablation"))
+    return _front(_order(t, list(methods)), ["method", "label", "benchmark", "scenario"], metrics)
+
+
+def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
+    metrics = metric_columns(runs)
+    t = summarise(runs, ["alpha", "beta", "method"], metrics)
+    t["alpha"], t["beta"] = t["alpha"].astype(float), t["beta"].astype(float)
+    return _front(t.sort_values(["alpha", "beta"]), ["alpha", "beta", "method"], metrics)
+
+
+def scaling_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    metrics = metric_columns(runs)
+    t = summarise(runs, ["method", "ktrain", "n"], metrics)
+    t["ktrain"], t["n"] = t["ktrain"].astype(int), t["n"].astype(int)
+    t = _order(t.sort_values(["ktrain", "n"]), methods)
+    return _front(t, ["method", "ktrain", "n"], metrics)
+
+
+def benchmark_table(runs: pd.DataFrame, benchmark: str, methods: dict[str, dict], paper: pd.DataFrame | None,
+                    paper_table: str) -> pd.DataFrame:
+    """DreamBench (main) or XVerseBench: scenario x method over seeds, with prompt/entry counts."""
+    runs = runs[runs["tags.benchmark"] == benchmark]
+    if runs.empty:
+        return pd.DataFrame(columns=["benchmark", "scenario", "method"])
+    metrics = metric_columns(runs, mechanism=False)
+    t = summarise(runs, ["benchmark", "scenario", "method"], metrics)
+    for col in ("prompts", "images", "entries/total", "entries/runnable", "entries/skipped"):
+        if f"metrics.{col}" in runs:
+            per = runs.groupby(["tags.scenario", "tags.method"], sort=False)[f"metrics.{col}"].max()
+            t[col.replace("entries/", "")] = [per.get((s, m)) for s, m in zip(t["scenario"], t["method"])]
+    t = add_paper(t, paper, paper_table, metrics, paper_names(methods, paper_table))
+    t = _order(t, list(methods)).sort_values("scenario", kind="stable")
+    return _front(t, ["benchmark", "scenario", "method"], metrics)
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def display_metrics(table: pd.DataFrame) -> list[str]:
+    """The display names of the metrics a table carries (columns with a "<name> mean" twin)."""
+    return [c[: -len(" mean")] for c in table.columns if c.endswith(" mean")]

@@ -1,0 +1,137 @@
+"""mosaic.tables (tables from MLflow runs) and mosaic.mlflow_store (idempotent relogging into one store)."""
+import math
+
+import pandas as pd
+import pytest
+
+from mosaic import mlflow_store as ms
+from mosaic import tables
+
+
+def eval_runs(rows):
+    """A frame shaped like mlflow.search_runs: run_id, metrics.*, tags.*."""
+    out = []
+    for i, r in enumerate(rows):
+        out.append({"run_id": f"e{i}", "tags.kind": "eval", "tags.train_run_id": f"t-{r['method']}-{r['seed']}",
+                    "tags.label/CLIP-I": "CLIP-I (tiny-world)", "tags.benchmark": r.get("benchmark", "heldout"),
+                    "tags.scenario": r.get("scenario", "multi"), "tags.method": r["method"],
+                    "tags.seed": str(r["seed"]), "tags.n": str(r.get("n", "")), "tags.ktrain": "4",
+                    "metrics.img/CLIP-I": r["clip"], "metrics.img/CLIP-I.min": r["clip"] - 5,
+                    "metrics.mech/alignment_acc": r.get("align", math.nan), **r.get("extra", {})})
+    return pd.DataFrame(out)
+
+
+METHODS = {"none": {"label": "-SCAL -MDL", "paper": {"ablation": "MOSAIC(-SCAL -MDL)"}},
+           "mosaic": {"label": "+SCAL +MDL", "paper": {"ablation": "MOSAIC(+SCAL +MDL)", "main": "MOSAIC"}}}
+
+
+def test_ablation_mean_std_over_seeds_and_n_with_run_ids():
+    runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": c, "align": 10 * c}
+                      for m, base in (("mosaic", 70), ("none", 60)) for s in (0, 1) for n in (2, 4)
+                      for c in [base + s + n / 2]])
+    t = tables.ablation_table(runs, METHODS)
+    assert list(t["method"]) == ["none", "mosaic"]  # the config's order
+    row = t.set_index("method").loc["mosaic"]
+    values = [70 + s + n / 2 for s in (0, 1) for n in (2, 4)]
+    assert row["CLIP-I (tiny-world) mean"] == pytest.approx(sum(values) / 4)
+    assert row["CLIP-I (tiny-world) std"] == pytest.approx(pd.Series(values).std())
+    assert row["CLIP-I (tiny-world)"] == f"{sum(values) / 4:.2f} ± {pd.Series(values).std():.2f}"
+    assert row["alignment acc (%) mean"] == pytest.approx(10 * sum(values) / 4)
+    assert row["label"] == "+SCAL +MDL" and row["runs"] == 4 and row["seeds"] == "0,1" and row["ns"] == "2,4"
+    ids = set(runs[runs["tags.method"] == "mosaic"]["run_id"])
+    assert set(row["eval_run_ids"].split(";")) == ids
+    assert set(row["train_run_ids"].split(";")) == {"t-mosaic-0", "t-mosaic-1"}
+    assert "CLIP-I (tiny-world) paper" not in t  # no paper values given
+
+
+def test_paper_values_and_gaps_only_where_reported(tmp_path):
+    paper_csv = tmp_path / "reported.csv"
+    pd.DataFrame([["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3],
+                  ["ablation", "DreamBench", "multi", "MOSAIC(-SCAL -MDL)", "CLIP-I", 73.45]],
+                 columns=["table", "benchmark", "scenario", "method", "metric", "value"]).to_csv(paper_csv, index=False)
+    paper = tables.read_paper(paper_csv)
+    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench"},
+                      {"method": "mosaic", "seed": 0, "n": 2, "clip": 50.0},
+                      {"method": "none", "seed": 0, "clip": 60.0, "benchmark": "dreambench", "scenario": "single"}])
+    t = tables.ablation_table(runs, METHODS, paper).set_index(["method", "benchmark", "scenario"])
+    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I (tiny-world) paper"] == 76.3
+    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I (tiny-world) gap"] == pytest.approx(70.0 - 76.3)
+    assert math.isnan(t.loc[("mosaic", "heldout", "multi"), "CLIP-I (tiny-world) paper"])  # not a paper cell
+    assert math.isnan(t.loc[("none", "dreambench", "single"), "CLIP-I (tiny-world) gap"])  # paper: multi only
+    with pytest.raises(FileNotFoundError, match="paper_values"):
+        tables.read_paper(tmp_path / "missing.csv")
+
+
+def test_scaling_and_sweep_group_keys():
+    runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": 50 + n + s} for m in ("mosaic", "none")
+                      for s in (0, 1) for n in (2, 3)])
+    t = tables.scaling_table(runs, ["mosaic", "none"])
+    assert list(zip(t["method"], t["n"])) == [("mosaic", 2), ("mosaic", 3), ("none", 2), ("none", 3)]
+    assert t["CLIP-I (tiny-world) mean"].tolist() == [52.5, 53.5, 52.5, 53.5]
+    assert tables.display_metrics(t) == ["CLIP-I (tiny-world)"]
+    sweep = eval_runs([{"method": "x", "seed": 0, "n": 4, "clip": a * 10 + b,
+                        "extra": {"tags.alpha": str(a), "tags.beta": str(b)}} for a in (0.0, 1.0) for b in (0.0, 0.6)])
+    s = tables.sweep_table(sweep)
+    assert list(zip(s["alpha"], s["beta"])) == [(0.0, 0.0), (0.0, 0.6), (1.0, 0.0), (1.0, 0.6)]
+    assert s["CLIP-I (tiny-world) mean"].tolist() == [0.0, 0.6, 10.0, 10.6]
+
+
+def test_benchmark_table_counts_skipped_entries_and_keeps_nan_reasons():
+    runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0 + s, "benchmark": "xversebench",
+                       "extra": {"metrics.entries/total": 90.0, "metrics.entries/skipped": 70.0,
+                                 "metrics.entries/runnable": 20.0, "metrics.prompts": 4.0,
+                                 "metrics.img/IP-Sim": math.nan, "tags.nan_reasons/IP-Sim": "no detector: 4"}}
+                      for s in (0, 1)])
+    x = tables.benchmark_table(runs, "xversebench", METHODS, None, "xverse")
+    assert x.loc[0, "skipped"] == 70 and x.loc[0, "total"] == 90 and x.loc[0, "runnable"] == 20
+    assert "IP-Sim: no detector: 4" in x.loc[0, "nan notes"]
+    assert "IP-Sim mean" not in x  # an all-NaN metric is reported by its reason, not as a column of NaNs
+    assert tables.benchmark_table(runs, "dreambench", METHODS, None, "main").empty
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    return root, ms.ensure_store(root, ["ablation", "training"])
+
+
+def test_log_record_is_idempotent_per_key(store, tmp_path):
+    root, uri = store
+    (tmp_path / "sheet.png").write_bytes(b"png")
+    record = {"metrics": {"img/CLIP-I": 71.5}, "params": {"sample.steps": 8}, "tags": {"evalset": "heldout-k2"},
+              "artifacts": ["sheet.png"]}
+    first = ms.log_record(uri, "ablation", "eval:a", "a", record, tmp_path, {"kind": "eval", "method": "mosaic"})
+    second = ms.log_record(uri, "ablation", "eval:a", "a", record, tmp_path, {"kind": "eval", "method": "mosaic"})
+    runs = tables.load_runs(uri, "ablation")
+    assert list(runs["run_id"]) == [second] and first != second  # the first is deleted, not duplicated
+    assert runs.loc[0, "metrics.img/CLIP-I"] == 71.5 and runs.loc[0, "tags.evalset"] == "heldout-k2"
+    from mlflow import MlflowClient
+
+    assert [a.path for a in MlflowClient(uri).list_artifacts(second)] == ["sheet.png"]
+    with pytest.raises(ValueError, match="no train runs"):
+        tables.load_runs(uri, "ablation", kind="train")
+
+
+def test_copy_run_keeps_history_params_and_artifacts(store, tmp_path):
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    root, uri = store
+    src_uri = ms.ensure_store(tmp_path / "run", ["training"])
+    src = MlflowClient(src_uri)
+    rid = src.create_run(src.get_experiment_by_name("training").experiment_id, tags={"variant": "scal"}).info.run_id
+    src.log_batch(rid, params=[Param(f"p{i}", str(i)) for i in range(150)],  # more than one batch of params
+                  metrics=[Metric("loss/diff", 1.0 / (s + 1), 0, s) for s in range(5)])
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+    src.log_artifact(rid, str(tmp_path / "config.yaml"))
+    src.set_terminated(rid)
+    new = ms.copy_run(src_uri, rid, uri, "training", "train:x", {"kind": "train", "study": "ablation"})
+    dst = MlflowClient(uri)
+    run = dst.get_run(new)
+    assert run.data.tags["variant"] == "scal" and run.data.tags["source_run_id"] == rid
+    assert len(run.data.params) == 150 and run.data.params["p149"] == "149"
+    assert [m.step for m in dst.get_metric_history(new, "loss/diff")] == list(range(5))
+    assert [a.path for a in dst.list_artifacts(new)] == ["config.yaml"]
+    assert run.info.status == "FINISHED"
+    again = ms.copy_run(src_uri, rid, uri, "training", "train:x")  # the same key: replaces the first copy
+    assert again != new and [r.info.run_id for r in dst.search_runs([run.info.experiment_id])] == [again]

@@ -1,0 +1,140 @@
+"""The Snakemake workflow without running jobs: dry-run DAGs of both profiles, lint, config schema, profiles."""
+import copy
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+TINY = yaml.safe_load((ROOT / "workflow" / "config" / "tiny.yaml").read_text())
+PAPER = yaml.safe_load((ROOT / "workflow" / "config" / "paper.yaml").read_text())
+
+
+def snakemake(*args, cwd=ROOT, check=True):
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args], cwd=cwd,
+                       capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def job_stats(out: str) -> Counter:
+    """The 'Job stats' table of a dry run -> rule -> count."""
+    block = out.split("Job stats:")[1].split("\n\n")[0]
+    return Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\S+)\s+(\d+)$", block, re.M) if m[1] != "total"})
+
+
+def expected_trainings(cfg) -> int:
+    """Distinct (method, ktrain, seed) over the studies; a sweep cell equal to a plain method is that method."""
+    plain = {(m["overrides"]["loss.alpha"], m["overrides"]["loss.beta"]): name for name, m in cfg["methods"].items()
+             if not m.get("baseline") and set(m.get("overrides", {})) == {"loss.alpha", "loss.beta"}}
+    runs = set()
+    for name, s in cfg["studies"].items():
+        if name == "sweep":
+            cells = [plain.get((a, b), (a, b)) for a in s["alpha"] for b in s["beta"]]
+        else:
+            cells = [m for m in s["methods"] if not cfg["methods"][m].get("official")]
+        runs |= {(c, k, seed) for c in cells for k in s["ktrain"] for seed in s["seeds"]}
+    return len(runs)
+
+
+def test_tiny_dry_run_builds_every_study():
+    stats = job_stats(snakemake("-n", "--cores", "2", "--workflow-profile", "none").stdout)
+    assert stats["train"] == expected_trainings(TINY)
+    assert stats["train_base"] == 1 and stats["tiny_evaluators"] == 1
+    assert stats["sample"] == stats["evaluate"] > 0
+    assert {f"tables_{s}" for s in TINY["studies"]} <= set(stats)
+    # one (study, training) log job each: the studies' grids, trainings counted once per study
+    per_study = sum(len(s.get("methods", [])) * len(s["ktrain"]) * len(s["seeds"]) if n != "sweep"
+                    else len(s["alpha"]) * len(s["beta"]) * len(s["ktrain"]) * len(s["seeds"])
+                    for n, s in TINY["studies"].items())
+    assert stats["mlflow_log"] == per_study
+
+
+def test_paper_dry_run_builds_the_full_dag_without_weights():
+    assert not Path(PAPER["training"]["common"]["model.weights"]).exists()  # the dry run must not need them
+    p = snakemake("-n", "--cores", "2", "--configfile", "workflow/config/paper.yaml", "-p")
+    stats = job_stats(p.stdout)
+    assert stats["train"] == expected_trainings(PAPER)
+    assert "train_base" not in stats and "tiny_evaluators" not in stats  # FLUX.1-dev and published metrics
+    official = [m for m, v in PAPER["methods"].items() if v.get("official")]
+    for m in official:
+        assert stats[f"sample_official_{m.replace('-', '_')}"] == 4  # the four benchmark evaluation sets
+    assert stats["subjects200k_part"] == 3 and stats["collage_split"] > 0
+    assert "--profile paper" in p.stdout  # the paper metrics config, not the tiny-world evaluators
+
+
+def test_lint_is_clean_for_both_profiles():
+    for extra in ([], ["--configfile", "workflow/config/paper.yaml"]):
+        p = snakemake("--lint", *extra)
+        out = p.stdout + p.stderr
+        assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["studies"]["ablation"].update(seed=[0]), "'seed' was unexpected"),
+    (lambda c: c.update(profil="tiny"), "'profil' was unexpected"),
+    (lambda c: c["methods"]["scal"].update(overides={"loss.alpha": 0.4}), "'overides' was unexpected"),
+    (lambda c: c["training"]["lora"].update({"trian.steps": 3}), "trian.steps"),
+    (lambda c: c["evalsets"]["heldout"].update(metrics=["CLIP-X"]), "CLIP-X"),
+    (lambda c: c["data"].update(kind="subjects200k"), "'subjects200k' is a required property"),
+])
+def test_schema_rejects_typos_with_the_key_named(mutate, message):
+    validate(copy.deepcopy(TINY), SCHEMA)  # the shipped configs are valid
+    validate(copy.deepcopy(PAPER), SCHEMA)
+    bad = copy.deepcopy(TINY)
+    mutate(bad)
+    with pytest.raises(WorkflowError, match=re.escape(message)):
+        validate(bad, SCHEMA)
+
+
+def test_snakefile_validates_the_config(tmp_path):
+    bad = copy.deepcopy(TINY)
+    bad["studies"]["ablation"]["seed"] = bad["studies"]["ablation"].pop("seeds")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(bad))
+    p = snakemake("-n", "--configfile", str(cfg), check=False)
+    assert p.returncode != 0
+    assert "'seed' was unexpected" in p.stdout + p.stderr
+
+
+def test_unknown_evaluation_set_is_named(tmp_path):
+    bad = copy.deepcopy(TINY)
+    bad["studies"]["ablation"]["evalsets"] = ["heldout-k9"]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(bad))
+    p = snakemake("-n", "--configfile", str(cfg), check=False)
+    assert p.returncode != 0 and "studies.ablation.evalsets: unknown evaluation set 'heldout-k9'" in p.stdout + p.stderr
+
+
+def test_slurm_profile_gives_gpus_and_a_multi_gpu_launch(tmp_path):
+    prof = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert prof["executor"] == "slurm"
+    res = prof["set-resources"]
+    assert res["train"]["gpu"] > 1 and res["sample"]["gpu"] == 1 and res["evaluate"]["gpu"] == 1
+    # everything but the plugin-specific keys, as a local dry run: the rule names and resources must resolve
+    local = {k: v for k, v in prof.items() if k not in ("executor", "software-deployment-method", "jobs")}
+    local["configfile"] = str(ROOT / local["configfile"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(local))
+    p = snakemake("-n", "-p", "--cores", "8", "--workflow-profile", str(tmp_path))
+    rules = set(job_stats(p.stdout))
+    assert set(res) <= rules | {"train_base"}
+    launch = f"-m torch.distributed.run --standalone --nproc_per_node {res['train']['gpu']}"
+    train_cmds = [line for line in p.stdout.splitlines() if "workflow/scripts/train.py" in line]
+    assert train_cmds and all(launch in line for line in train_cmds)
+
+
+def test_default_profile_and_envs_parse():
+    prof = yaml.safe_load((ROOT / "workflow" / "profiles" / "default" / "config.yaml").read_text())
+    assert prof["cores"] == "all"
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / "mosaic.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    project = re.search(r"dependencies = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S)[1]
+    assert pip == re.findall(r'"([^"]+)"', project)  # the rules' environment = the project's dependencies

@@ -1,0 +1,123 @@
+"""The tiny DAG run end to end on a micro config: tables match the MLflow runs they came from; reruns.
+
+One module-scoped run (two loss variants x two seeds, a few steps each) in a temporary working
+directory, then checks on its products and dry-run checks of the rerun rules: nothing changed ->
+nothing to do; one variant's row changed -> only that variant's jobs and the table; the MLflow
+store deleted -> only the logging jobs and the table, which rebuild it.
+"""
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mosaic import tables
+from mosaic.mlflow_store import store_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = yaml.safe_load((ROOT / "workflow" / "config" / "tiny.yaml").read_text())
+pytestmark = pytest.mark.slow
+
+
+def micro_config() -> dict:
+    c = copy.deepcopy(TINY)
+    c["benchmarks"] = str(ROOT.parent / "shared" / "benchmarks")
+    c["data"].update(train={"n": 24, "k_min": 1, "k_max": 2}, val={"n": 4, "k_min": 2, "k_max": 2}, test={"n": 2},
+                     preview={"n": 2})
+    c["training"]["base"] = {"train.steps": 8}
+    c["training"]["lora"].update({"train.steps": 6, "eval.max_samples": 2, "eval.timesteps": [0.5]})
+    c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic")}
+    c["evalsets"] = {"heldout": {"k": [2], "seeds": [0], "steps": 2, "metrics": ["CLIP-I", "CLIP-T", "DINO"]}}
+    c["metrics"] = {"evaluators": {"clip_steps": 4, "dino_steps": 2, "n_train": 12, "seed": 0}, "config": {}}
+    c["studies"] = {"ablation": {"methods": ["none", "mosaic"], "ktrain": [2], "seeds": [0, 1],
+                                 "evalsets": ["heldout-k2"]}}
+    return c
+
+
+def snakemake(workdir: Path, config: Path, *args, check=True):
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+                        "--configfile", str(config), "--cores", "2", "--workflow-profile", "none", *args],
+                       capture_output=True, text=True)
+    if check and p.returncode != 0:
+        logs = "\n".join(f"== {f}\n{f.read_text()[-1500:]}" for f in (workdir / "results" / "logs").rglob("*.log"))
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stderr[-4000:]}\n{logs[-6000:]}")
+    return p.stdout + p.stderr
+
+
+def planned(out: str) -> list[tuple[str, str]]:
+    """(rule, output) of every job of a dry run."""
+    return re.findall(r"^rule (\S+):\n(?:.*\n)*?    output: (.*)$", out, re.M)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("wf")
+    cfg = work / "micro.yaml"
+    cfg.write_text(yaml.safe_dump(micro_config()))
+    snakemake(work, cfg, "results/ablation.csv")
+    return work, cfg
+
+
+def test_ablation_rows_match_the_mlflow_runs(run):
+    work, _ = run
+    table = pd.read_csv(work / "results" / "ablation.csv")
+    assert sorted(table["method"]) == ["mosaic", "none"]
+    uri = store_uri(work / "results" / "mlflow")
+    evals = tables.load_runs(uri, "ablation").set_index("run_id")
+    trains = tables.load_runs(uri, "ablation", kind="train").set_index("run_id")
+    assert len(evals) == 4 and len(trains) == 4  # 2 variants x 2 seeds, one held-out set
+    for _, row in table.iterrows():
+        ids = row["eval_run_ids"].split(";")
+        runs = evals.loc[ids]
+        assert (runs["tags.method"] == row["method"]).all() and sorted(runs["tags.seed"]) == ["0", "1"]
+        assert set(row["train_run_ids"].split(";")) == set(runs["tags.train_run_id"])
+        assert set(runs["tags.train_run_id"]) <= set(trains.index)
+        for metric in ("CLIP-I (tiny-world)", "DINO (tiny-world)", "alignment acc (%)", "leakage (%)"):
+            col = {"alignment acc (%)": "metrics.mech/alignment_acc", "leakage (%)": "metrics.mech/leakage"}.get(
+                metric, f"metrics.img/{metric.split(' ')[0]}")
+            assert row[f"{metric} mean"] == pytest.approx(runs[col].mean())
+            assert row[f"{metric} std"] == pytest.approx(runs[col].std())
+    # the training runs carry the trainer's per-step history, copied from the run folders
+    from mlflow import MlflowClient
+
+    tid = trains.index[0]
+    assert len(MlflowClient(uri).get_metric_history(tid, "loss/diff")) == 6
+    assert (work / "results" / "figures" / "attention" / "mosaic_sampled.png").is_file()
+
+
+def test_rerun_with_nothing_changed_does_nothing(run):
+    work, cfg = run
+    out = snakemake(work, cfg, "-n", "results/ablation.csv")
+    assert "Nothing to be done" in out, out[-2000:]
+
+
+def test_changing_one_variant_reruns_only_its_jobs(run, tmp_path):
+    work, _ = run
+    changed = micro_config()
+    changed["methods"]["none"]["overrides"]["train.lr"] = 0.002
+    cfg = tmp_path / "changed.yaml"
+    cfg.write_text(yaml.safe_dump(changed))
+    jobs = planned(snakemake(work, cfg, "-n", "results/ablation.csv"))
+    assert {r for r, _ in jobs} == {"train", "sample", "evaluate", "mlflow_log", "tables_ablation"}
+    assert sum(r == "train" for r, _ in jobs) == 2  # its two seeds
+    assert all("method~none" in out for r, out in jobs if r != "tables_ablation")
+
+
+def test_deleted_store_is_rebuilt(run):
+    work, cfg = run
+    shutil.rmtree(work / "results" / "mlflow")
+    jobs = planned(snakemake(work, cfg, "-n", "results/ablation.csv"))
+    assert {r for r, _ in jobs} == {"mlflow_log", "mlflow_log_shared", "tables_ablation"}
+    snakemake(work, cfg, "results/ablation.csv")
+    table = pd.read_csv(work / "results" / "ablation.csv")
+    # a fresh process: this one's MLflow client caches a connection to the deleted database file
+    uri = store_uri(work / "results" / "mlflow")
+    ids = subprocess.run([sys.executable, "-c", f"from mosaic.tables import load_runs; "
+                          f"print(' '.join(load_runs({uri!r}, 'ablation')['run_id']))"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(ids) == 4 and set(";".join(table["eval_run_ids"]).split(";")) == set(ids)

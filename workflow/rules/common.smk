@@ -1,0 +1,321 @@
+# Shared definitions: paths, the experiment grids (Paramspace), evaluation sets and the MLflow store.
+import itertools
+import json
+import uuid
+
+import pandas as pd
+from snakemake.utils import Paramspace
+
+ROOT = workflow.basedir  # the project root (this repository)
+PY = sys.executable  # the interpreter running Snakemake; its environment has the project installed
+SCRIPTS = os.path.join(ROOT, "workflow", "scripts")
+# Jobs run `python`: under --software-deployment-method conda the one of the rule env (its activation
+# comes first on PATH), else the one running Snakemake, even when that environment is not activated.
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(PY), os.environ.get("PATH", "")]))
+# The project packages come from this checkout (conda environments do not install the project).
+shell.prefix(f"export PYTHONPATH={ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")  # (formatted twice)
+ENV = "../envs/mosaic.yaml"  # the conda environment of every rule (relative to workflow/rules/)
+R = config["results"]
+STORE = f"{R}/mlflow"  # sqlite store + artifacts; created in onstart
+LOGGED = f"{STORE}/logged"  # one marker (the run ids) per logging job
+STUDIES = list(config["studies"])
+SHARED_EXPERIMENT = "shared"  # the base model and the tiny-world evaluators, used by every study
+DATA_KIND = "synthetic" if config["data"]["kind"] == "synthetic" else "collage"
+BASE = config["training"]["base"] is not None  # pre-train the (tiny) base model once
+TINY_EVALUATORS = config["metrics"]["evaluators"] is not None
+
+
+def store_generation():
+    """An id of the MLflow store, renewed whenever the store is missing (new, or deleted by hand).
+
+    It is a param of every job that logs into the store or reads it, so deleting the store reruns
+    exactly those jobs: Snakemake reruns a job for a changed param, never for a missing
+    intermediate file (the markers). Written here, at parse time, because the store itself is
+    created in onstart, after the DAG is built."""
+    path = f"{STORE}/generation"
+    if not os.path.exists(f"{STORE}/mlflow.db") or not os.path.exists(path):
+        os.makedirs(STORE, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(uuid.uuid4().hex)
+    with open(path) as f:
+        return f.read().strip()
+
+
+GENERATION = store_generation()
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _same(a, b):
+    return {k: _num(v) for k, v in a.items()} == {k: _num(v) for k, v in b.items()}
+
+
+# ---------------------------------------------------------------- methods and evaluation sets
+
+METHODS = {name: dict(m) for name, m in config["methods"].items()}
+
+
+def sweep_method(alpha, beta):
+    """The method of a sweep cell: an existing plain method with exactly these loss weights, else a new one."""
+    overrides = {"loss.alpha": float(alpha), "loss.beta": float(beta)}
+    for name, m in METHODS.items():
+        if not m.get("baseline") and _same(m.get("overrides", {}), overrides):
+            return name
+    name = f"sweep-a{alpha:g}-b{beta:g}"
+    METHODS[name] = {"overrides": overrides, "label": f"alpha={alpha:g} beta={beta:g}"}
+    return name
+
+
+def _evalsets():
+    """name -> settings: heldout-k{n} (synthetic/collage test split with n subjects), <benchmark>-<scenario>."""
+    out = {}
+    ev = config["evalsets"]
+    for n in ev["heldout"]["k"]:
+        out[f"heldout-k{n}"] = {**ev["heldout"], "family": "heldout", "benchmark": "heldout", "scenario": "multi",
+                                "n": n, "mechanism": True}
+    for bench in ("dreambench", "xversebench"):
+        if bench in ev:
+            for sc in ev[bench]["scenarios"]:
+                out[f"{bench}-{sc}"] = {**ev[bench], "family": bench, "benchmark": bench, "scenario": sc,
+                                        "mechanism": False}
+    return out
+
+
+EVALSETS = _evalsets()
+
+
+def _check_study(name, study):
+    for e in study["evalsets"]:
+        if e not in EVALSETS:
+            raise ValueError(f"config studies.{name}.evalsets: unknown evaluation set {e!r}; known: "
+                             f"{', '.join(EVALSETS)} (from config evalsets)")
+    for m in study.get("methods", []):
+        if m not in METHODS:
+            raise ValueError(f"config studies.{name}.methods: unknown method {m!r}; known: {', '.join(METHODS)}")
+        if METHODS[m].get("official") and any(EVALSETS[e]["family"] == "heldout" for e in study["evalsets"]):
+            raise ValueError(f"config studies.{name}: official method {m!r} runs on benchmark evaluation sets only")
+
+
+def study_rows(name):
+    """The study's grid: one row per training (method, ktrain, seed) with its study-specific tags."""
+    study = config["studies"][name]
+    _check_study(name, study)
+    rows = []
+    if name == "sweep":
+        for a, b, k, s in itertools.product(study["alpha"], study["beta"], study["ktrain"], study["seeds"]):
+            rows.append({"method": sweep_method(a, b), "ktrain": k, "seed": s, "alpha": a, "beta": b})
+    else:
+        trained = [m for m in study["methods"] if not METHODS[m].get("official")]
+        for m, k, s in itertools.product(trained, study["ktrain"], study["seeds"]):
+            rows.append({"method": m, "ktrain": k, "seed": s})
+    return rows
+
+
+def study_official(name):
+    return [m for m in config["studies"][name].get("methods", []) if METHODS[m].get("official")]
+
+
+GRIDS = {name: study_rows(name) for name in STUDIES}
+# Every training once, whichever studies share it: the Paramspace of (method, ktrain, seed).
+TRAIN = Paramspace(pd.DataFrame([{k: r[k] for k in ("method", "ktrain", "seed")} for g in GRIDS.values() for r in g],
+                                 columns=["method", "ktrain", "seed"]).drop_duplicates().reset_index(drop=True))
+TRAIN_PATTERN = TRAIN.wildcard_pattern  # method~{method}/ktrain~{ktrain}/seed~{seed}
+
+
+wildcard_constraints:
+    method=r"[A-Za-z0-9_.+-]+",
+    ktrain=r"\d+",
+    seed=r"\d+",
+    evalset=r"[a-z0-9-]+",
+    study="|".join(STUDIES) or "none",
+    source=r"(official/method~[^/]+|method~[^/]+/ktrain~\d+/seed~\d+)",
+
+
+# ---------------------------------------------------------------- paths
+
+def dataset(split):
+    return f"{R}/data/{DATA_KIND}/{split}"
+
+
+def validated(split):
+    return f"{R}/data/{DATA_KIND}/{split}.validated.txt"
+
+
+def source_of(row):
+    if METHODS[row["method"]].get("official"):
+        return f"official/method~{row['method']}"
+    return f"method~{row['method']}/ktrain~{row['ktrain']}/seed~{row['seed']}"
+
+
+def samples_dir(source, evalset):
+    return f"{R}/samples/{source}/evalset~{evalset}"
+
+
+def eval_dir(source, evalset):
+    return f"{R}/evals/{source}/evalset~{evalset}"
+
+
+def marker(study, source):
+    return f"{LOGGED}/{study}/{source}.json"
+
+
+def study_markers(study):
+    rows = GRIDS[study]
+    sources = dict.fromkeys([source_of(r) for r in rows] + [f"official/method~{m}" for m in study_official(study)])
+    return [marker(study, s) for s in sources] + shared_markers()
+
+
+def shared_markers():
+    return [f"{LOGGED}/shared/{n}.json" for n in (["base"] if BASE else []) + (["evaluators"] if TINY_EVALUATORS else [])]
+
+
+def metrics_config_file():
+    return f"{R}/metrics/metrics_config.json"
+
+
+def log_file(*parts):
+    return f"{os.path.join(R, 'logs', *map(str, parts))}.log"
+
+
+def bench_file(*parts):
+    """Snakemake `benchmark:` record (wall and CPU seconds, memory) of a job."""
+    return f"{os.path.join(R, 'benchmarks', *map(str, parts))}.tsv"
+
+
+# ---------------------------------------------------------------- trainer overrides
+
+def _yaml_value(v):
+    return json.dumps(v)  # JSON is YAML: `mosaic train --set key=value` parses it back exactly
+
+
+def train_overrides(method, ktrain, seed):
+    """`--set` items of one training: common, lora, the method's own, then this instance's data and seed."""
+    t = config["training"]
+    ov = {**t["common"], **t["lora"], **METHODS[method].get("overrides", {})}
+    ov.update({"variant": method, "profile": config["profile"], "train.seed": int(seed),
+               "data.train": dataset(f"train_k{ktrain}"), "data.val": dataset("val"),
+               "data.target_size": config["data"]["target_size"], "data.ref_size": config["data"]["ref_size"]})
+    if BASE:
+        ov["model.weights"] = f"{R}/runs/base/transformer"
+    return [f"{k}={_yaml_value(v)}" for k, v in ov.items()]
+
+
+def base_overrides():
+    t = config["training"]
+    ov = {**t["common"], **t["base"], "variant": "base", "profile": config["profile"], "train.mode": "base",
+          "data.train": dataset(f"train_k{config['data']['train']['k_max']}"),
+          "data.target_size": config["data"]["target_size"], "data.ref_size": config["data"]["ref_size"]}
+    return [f"{k}={_yaml_value(v)}" for k, v in ov.items()]
+
+
+def launcher(resources):
+    """The multi-GPU launch prefix (training.launch, with {gpus}), or plain Python for one process."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    return config["training"]["launch"].format(gpus=gpus, py="python") if gpus > 1 else "python"
+
+
+# ---------------------------------------------------------------- the MLflow store
+
+def create_store():
+    """The sqlite store and one experiment per study, created once before any job (jobs only add runs)."""
+    from mosaic.mlflow_store import ensure_store
+
+    ensure_store(STORE, [SHARED_EXPERIMENT, *STUDIES])
+
+
+def all_targets():
+    return [f"{R}/figures/data_preview.png"] + [p for s in STUDIES for p in TABLE_OUTPUTS[s].values()]
+
+
+# ---------------------------------------------------------------- per-rule helpers
+
+def split_settings(split):
+    """(n, k_min, k_max) of a data split name: train_k{K}, val, test_k{n}."""
+    d = config["data"]
+    if split == "val":
+        return d["val"]["n"], d["val"]["k_min"], d["val"]["k_max"]
+    kind, k = split.split("_k")
+    if kind == "train":
+        return d["train"]["n"], d["train"]["k_min"], int(k)
+    return d["test"]["n"], int(k), int(k)
+
+
+def identity_split(split):
+    return split.split("_k")[0]  # train / val / test: the identity split of the world
+
+
+def official_args(name):
+    return " ".join(f"--baseline-arg {k}={json.dumps(v)}" for k, v in METHODS[name].get("args", {}).items())
+
+
+def sample_source(evalset):
+    """The prompt source (sampling arguments) of an evaluation set."""
+    e = EVALSETS[evalset]
+    if e["family"] == "heldout":
+        path = dataset(f"test_k{e['n']}")
+        return f"--dataset {path}"
+    limit = f" --limit {e['limit']}" if e.get("limit") else ""
+    return (f"--benchmark {e['benchmark']} --scenario {e['scenario']} --benchmarks-root {config['benchmarks']}"
+            + limit)
+
+
+def sample_inputs(wc):
+    e = EVALSETS[wc.evalset]
+    return [dataset(f"test_k{e['n']}"), validated(f"test_k{e['n']}")] if e["family"] == "heldout" else []
+
+
+def evaluate_inputs(wc):
+    return {"samples": samples_dir(wc.source, wc.evalset), "metrics": metrics_config_file()}
+
+
+def evaluate_args(wc):
+    e = EVALSETS[wc.evalset]
+    args = [f"--evalset {wc.evalset}", f"--benchmark {e['benchmark']}", f"--scenario {e['scenario']}",
+            "--metric-names " + ",".join(e["metrics"])]
+    if e["family"] == "heldout":
+        args.append(f"--n {e['n']}")
+    else:
+        args.append(f"--benchmarks-root {config['benchmarks']}")
+    return " ".join(args)
+
+
+def log_tags(study, source):
+    """The grid columns of this training in this study (e.g. alpha/beta in the sweep), as run tags."""
+    rows = [r for r in GRIDS[study] if source_of(r) == source]
+    method = source.split("method~")[1].split("/")[0]
+    tags = {"method": method, **{k: str(v) for k, v in (rows[0] if rows else {}).items()}}
+    tags.update({"study": study, "label": METHODS[method].get("label", "")})
+    return json.dumps(tags)
+
+
+def log_inputs(wc):
+    study = config["studies"][wc.study]
+    out = {"evals": [eval_dir(wc.source, e) for e in study["evalsets"]]}
+    if not wc.source.startswith("official/"):
+        out["run"] = f"{R}/runs/{wc.source}"
+    return out
+
+
+def table_params(study):
+    """What the table builder needs besides the runs: method order and labels, paper names and values."""
+    methods = dict.fromkeys(r["method"] for r in GRIDS[study]) | dict.fromkeys(study_official(study))
+    return json.dumps({"methods": {m: {k: METHODS[m].get(k, "") for k in ("label", "paper")} for m in methods},
+                       "paper_values": config.get("paper_values"), "profile": config["profile"]})
+
+
+TABLE_OUTPUTS = {
+    "ablation": {"ablation": f"{R}/ablation.csv", "attention": f"{R}/figures/attention"},
+    "sweep": {"sweep": f"{R}/sweep_alpha_beta.csv", "heatmap": f"{R}/figures/sweep_alpha_beta.png"},
+    "scaling": {"scaling": f"{R}/scaling.csv", "figure": f"{R}/figures/scaling.png"},
+    "benchmark": {"main": f"{R}/tables/main.csv", "xversebench": f"{R}/tables/xversebench.csv"},
+}
+
+
+def table_report(study, key, path):
+    caption = f"../report/{study}_{key}.rst"
+    if key == "attention":
+        return report(directory(path), patterns=["{name}.png"], caption=caption, category="Ablation",
+                      subcategory="Attention maps")
+    return report(path, caption=caption, category=study.capitalize())

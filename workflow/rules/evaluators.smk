@@ -1,0 +1,39 @@
+# Metric models. Tiny: a CLIP and a DINO trained once on train-split identities of the synthetic
+# world (metrics.tiny_world; their numbers are tiny-world numbers). Paper: the published models,
+# from the weights named in config metrics.config. Either way one metrics config file for the evaluations.
+
+if TINY_EVALUATORS:
+
+    rule tiny_evaluators:
+        output:
+            directory(f"{R}/evaluators"),
+        log:
+            log_file("evaluators", "tiny_world"),
+        benchmark:
+            bench_file("evaluators", "tiny_world")
+        conda:
+            ENV
+        threads: config["threads"]
+        priority: 10  # the longest job every evaluation waits for: start it first
+        params:
+            e=config["metrics"]["evaluators"],
+        shell:
+            "OMP_NUM_THREADS={threads} python -m metrics.tiny_world {output} --clip-steps {params.e[clip_steps]}"
+            " --dino-steps {params.e[dino_steps]} --n-train {params.e[n_train]} --seed {params.e[seed]} > {log} 2>&1"
+
+
+rule metrics_config:
+    input:
+        f"{R}/evaluators" if TINY_EVALUATORS else [],
+    output:
+        metrics_config_file(),
+    log:
+        log_file("evaluators", "metrics_config"),
+    conda:
+        ENV
+    params:
+        base=lambda wc, input: f"--base {input[0]}/metrics_config.json" if TINY_EVALUATORS else "--profile paper",
+        overrides=json.dumps(config["metrics"]["config"]),
+        script=f"{SCRIPTS}/metrics_config.py",
+    shell:
+        "python {params.script} {params.base} --overrides {params.overrides:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,30 @@
+# Sampling (mosaic.sample): every trained run on each evaluation set of the studies using it, with the
+# per-reference attention maps; FLUX's flow-matching Euler sampler, evalsets.<family>.steps steps. On
+# held-out sets the same job measures the run's mechanism metrics (alignment accuracy, leakage), which
+# need the model, not the images.
+
+
+rule sample:
+    input:
+        run=f"{R}/runs/{TRAIN_PATTERN}",
+        data=sample_inputs,
+    output:
+        directory(f"{R}/samples/{TRAIN_PATTERN}/evalset~{{evalset}}"),
+    log:
+        log_file("sample", TRAIN_PATTERN, "{evalset}"),
+    benchmark:
+        bench_file("sample", TRAIN_PATTERN, "{evalset}")
+    conda:
+        ENV
+    threads: config["threads"]
+    resources:
+        gpu=min(1, config["training"]["gpus"]),
+    params:
+        source=lambda wc: sample_source(wc.evalset),
+        seeds=lambda wc: " ".join(map(str, EVALSETS[wc.evalset]["seeds"])),
+        steps=lambda wc: EVALSETS[wc.evalset]["steps"],
+        mechanism=lambda wc: "--mechanism" if EVALSETS[wc.evalset]["mechanism"] else "",
+        script=f"{SCRIPTS}/sample.py",
+    shell:
+        "OMP_NUM_THREADS={threads} python {params.script} --run {input.run} {params.source} --seeds {params.seeds}"
+        " --steps {params.steps} {params.mechanism} --out {output} > {log} 2>&1"

@@ -1,0 +1,119 @@
+"""Workflow adapter: evaluate one sample folder into a record the mlflow_log job logs.
+
+    python workflow/scripts/evaluate.py SAMPLES --metrics-config FILE --metric-names CLIP-I,DINO \
+        --evalset heldout-k2 --benchmark heldout --scenario multi [--n 2] [--benchmarks-root DIR] --out DIR
+
+Writes into DIR (renamed into place when complete): eval/ (metrics.evaluate tables), sheet.png
+(samples with attention overlays), the sampling job's mechanism.json / mechanism.png if it measured
+the held-out alignment accuracy and leakage (workflow/scripts/sample.py), and record.json:
+{"metrics", "params", "tags", "artifacts"}. Image metrics are the means over (image, reference)
+pairs ("img/<metric>") and over images of the minimum over references ("img/<metric>.min");
+mechanism shares are in % ("mech/..."); NaN values keep their reasons as tags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+
+def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path) -> tuple[dict, dict]:
+    """Run the metrics suite; (metrics, tags) from its aggregate table."""
+    import pandas as pd
+
+    from metrics.evaluate import AGGREGATE, evaluate_folder
+
+    agg = pd.read_csv(evaluate_folder(samples, cfg, names, out=out, missing="nan") / AGGREGATE)
+    metrics, tags = {}, {}
+    for r in agg.itertuples():
+        key = f"img/{r.metric}" + (".min" if "min over references" in r.statistic else "")
+        metrics[key] = float(r.value)
+        if not key.endswith(".min"):
+            metrics[f"count/{r.metric}"] = float(r.n)
+            metrics[f"nan/{r.metric}"] = float(r.n_nan)
+            tags[f"label/{r.metric}"] = r.label
+            tags[f"model/{r.metric}"] = " ".join(str(x) for x in (r.model, r.weights) if isinstance(x, str))
+            if isinstance(r.nan_reasons, str) and r.nan_reasons:
+                tags[f"nan_reasons/{r.metric}"] = str(r.nan_reasons)[:4000]
+    return metrics, tags
+
+
+def mechanism(samples: Path) -> dict:
+    """The sampling job's held-out mechanism metrics, shares in % ("mech/..."); {} if it measured none."""
+    path = samples / "mechanism.json"
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text())
+    return {k: (v if k in ("mech/points", "mech/samples") else 100 * v) for k, v in results.items()}
+
+
+def benchmark_counts(benchmark: str, scenario: str, root: str) -> dict:
+    from mosaic.data.benchmarks import load_benchmark
+
+    bs = load_benchmark(benchmark, scenario, root)
+    return {"entries/total": float(bs.total), "entries/runnable": float(len(bs.entries)),
+            "entries/skipped": float(len(bs.skipped))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("samples", type=Path)
+    p.add_argument("--metrics-config", required=True, type=Path)
+    p.add_argument("--metric-names", required=True, help="comma-separated metrics.registry names")
+    p.add_argument("--evalset", required=True)
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--n", type=int, help="subjects per test sample (held-out sets)")
+    p.add_argument("--benchmarks-root", help="benchmark folder (skipped-entry counts)")
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+    from mosaic.figures import sample_sheet
+
+    tmp = args.out.parent / f".{args.out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cfg = json.loads(args.metrics_config.read_text())
+    lines = [json.loads(x) for x in (args.samples / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    metrics, tags = image_metrics(args.samples, cfg, args.metric_names.split(","), tmp / "eval")
+    metrics["images"] = float(len(lines))
+    metrics["prompts"] = float(len({rec.get("entry", rec["id"]) for rec in lines}))
+    artifacts = ["eval/aggregate.csv", "eval/metrics.csv", "sheet.png"]
+    mech = mechanism(args.samples)
+    if mech:
+        metrics.update(mech)
+        for name in ("mechanism.json", "mechanism.png"):
+            if (args.samples / name).is_file():
+                shutil.copy(args.samples / name, tmp / name)
+                artifacts.append(name)
+    if args.benchmarks_root and args.benchmark in ("dreambench", "xversebench"):
+        metrics.update(benchmark_counts(args.benchmark, args.scenario, args.benchmarks_root))
+    method = lines[0].get("method", "")
+    sample_sheet(args.samples, tmp / "sheet.png", n=4, title=f"{method} on {args.evalset}")
+    settings = lines[0].get("meta", {}).get("settings", {})
+    record = {
+        "metrics": metrics,
+        "params": {**{f"sample.{k}": v for k, v in settings.items()},
+                   "sample.seeds": json.dumps(sorted({rec.get("seed") for rec in lines})),
+                   "metrics.config": json.dumps({k: cfg[k] for k in sorted(cfg)})[:6000]},
+        "tags": {**tags, "evalset": args.evalset, "benchmark": args.benchmark, "scenario": args.scenario,
+                 "n": str(args.n) if args.n is not None else "", "samples_dir": str(args.samples.resolve())},
+        "artifacts": artifacts,
+    }
+    (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    os.replace(tmp, args.out)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
