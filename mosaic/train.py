@@ -128,7 +128,9 @@ def setup_distributed() -> tuple[torch.device, int, int]:
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # single process: no rendezvous port needed
+        # Single process (no launcher: torchrun and the deepspeed launcher set MASTER_ADDR): no rendezvous
+        # port needed. RANK alone may be left over from an earlier in-process run and inherited.
+        if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
             for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
                 os.environ.setdefault(k, v)
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
