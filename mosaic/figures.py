@@ -73,10 +73,13 @@ def sample_sheet(folder: str | os.PathLike, path: str | os.PathLike, n: int = 4,
     return _save(fig, path)
 
 
-def scaling_plot(table: pd.DataFrame, metrics: list[str], path: str | os.PathLike, title: str = "") -> Path:
+def scaling_plot(table: pd.DataFrame, metrics: list[str], path: str | os.PathLike, title: str = "",
+                 reference: dict[str, str] | None = None) -> Path:
     """One panel per metric: mean vs n (subjects per test sample), one line per (method, ktrain), error bars = std.
-    `table` has columns method, ktrain, n and '<metric> mean' / '<metric> std' for each metric."""
+    `table` has columns method, ktrain, n and '<metric> mean' / '<metric> std' for each metric; `reference`
+    maps a metric to a column drawn as a dashed line in its panel (e.g. leakage at chance)."""
     plt = _plt()
+    reference = reference or {}
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -89,6 +92,10 @@ def scaling_plot(table: pd.DataFrame, metrics: list[str], path: str | os.PathLik
             label = f"{method} (train K<={ktrain})" if several_k else method
             ax.errorbar(g["n"].astype(float), g[f"{metric} mean"], yerr=g[f"{metric} std"].fillna(0), marker="o",
                         capsize=3, label=label)
+        if metric in reference:
+            ref = table.groupby("n")[f"{reference[metric]} mean"].mean()
+            ax.plot(ref.index.astype(float), ref.values, "k--", label=reference[metric])
+            ax.legend(fontsize=7)
         ax.set_xlabel("subjects per test sample (n)")
         ax.set_title(metric, fontsize=9)
         ax.set_xticks(sorted(table["n"].astype(float).unique()))
@@ -104,8 +111,12 @@ def sweep_heatmap(table: pd.DataFrame, metrics: list[str], path: str | os.PathLi
     plt = _plt()
     alphas = sorted(table["alpha"].astype(float).unique())
     betas = sorted(table["beta"].astype(float).unique())
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    for ax, metric in zip(axes.flat, metrics):
         grid = np.full((len(alphas), len(betas)), np.nan)
         for _, r in table.iterrows():
             grid[alphas.index(float(r["alpha"])), betas.index(float(r["beta"]))] = r[f"{metric} mean"]

@@ -23,8 +23,9 @@ from typing import Any
 
 import pandas as pd
 
+CHANCE = "leakage at chance (%)"  # the leakage of a uniform attention: the share of other subjects' tokens
 MECHANISM = {"metrics.mech/alignment_acc": "alignment acc (%)", "metrics.mech/leakage": "leakage (%)",
-             "metrics.mech/leakage_chance": "leakage at chance (%)"}
+             "metrics.mech/leakage_chance": CHANCE}
 ORDER = ["CLIP-I", "CLIP-T", "DINO", "HPSv2.1", "HPSv3", "ID-Sim", "IP-Sim"]  # the papers' column order
 PAPER_BENCHMARKS = {"dreambench": "DreamBench", "xversebench": "XVerseBench"}
 
@@ -66,18 +67,19 @@ def _ids(values: pd.Series) -> str:
     return ";".join(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
 
 
-def _nan_notes(g: pd.DataFrame) -> str:
+def _notes(g: pd.DataFrame) -> str:
+    """The metrics' reasons (NaN values and protocol zeros such as "no face detected"), with their counts."""
     notes = {}
     for col in g.columns:
-        if col.startswith("tags.nan_reasons/"):
+        if col.startswith("tags.reasons/"):
             for v in g[col].dropna():
-                notes.setdefault(f"{col[len('tags.nan_reasons/'):]}: {v}", None)
+                notes.setdefault(f"{col[len('tags.reasons/'):]}: {v}", None)
     return " | ".join(notes)
 
 
 def summarise(runs: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.DataFrame:
     """One row per group of `by` (tags, e.g. "method"): per metric mean, std and "mean ± std" over the group's
-    runs; `runs`, the seeds and n values covered, NaN notes, and the eval/train run ids."""
+    runs; `runs`, the seeds and n values covered, the metrics' reasons (notes), and the eval/train run ids."""
     rows = []
     for key, g in runs.groupby([f"tags.{b}" for b in by], sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(by, key if isinstance(key, tuple) else (key,)))
@@ -90,7 +92,7 @@ def summarise(runs: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.
             if f"tags.{tag}" in g:
                 vals = sorted({str(v) for v in g[f"tags.{tag}"].dropna() if str(v)}, key=lambda s: (len(s), s))
                 row[f"{tag}s"] = ",".join(vals)
-        row["nan notes"] = _nan_notes(g)
+        row["notes"] = _notes(g)
         row["eval_run_ids"] = _ids(g["run_id"])
         row["train_run_ids"] = _ids(g["tags.train_run_id"]) if "tags.train_run_id" in g else ""
         rows.append(row)

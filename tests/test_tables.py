@@ -76,15 +76,15 @@ def test_scaling_and_sweep_group_keys():
     assert s["CLIP-I (tiny-world) mean"].tolist() == [0.0, 0.6, 10.0, 10.6]
 
 
-def test_benchmark_table_counts_skipped_entries_and_keeps_nan_reasons():
+def test_benchmark_table_counts_skipped_entries_and_keeps_reasons():
     runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0 + s, "benchmark": "xversebench",
                        "extra": {"metrics.entries/total": 90.0, "metrics.entries/skipped": 70.0,
                                  "metrics.entries/runnable": 20.0, "metrics.prompts": 4.0,
-                                 "metrics.img/IP-Sim": math.nan, "tags.nan_reasons/IP-Sim": "no detector: 4"}}
+                                 "metrics.img/IP-Sim": math.nan, "tags.reasons/IP-Sim": "no detector: 4"}}
                       for s in (0, 1)])
     x = tables.benchmark_table(runs, "xversebench", METHODS, None, "xverse")
     assert x.loc[0, "skipped"] == 70 and x.loc[0, "total"] == 90 and x.loc[0, "runnable"] == 20
-    assert "IP-Sim: no detector: 4" in x.loc[0, "nan notes"]
+    assert "IP-Sim: no detector: 4" in x.loc[0, "notes"]
     assert "IP-Sim mean" not in x  # an all-NaN metric is reported by its reason, not as a column of NaNs
     assert tables.benchmark_table(runs, "dreambench", METHODS, None, "main").empty
 

@@ -8,7 +8,7 @@ Writes into DIR (renamed into place when complete): eval/ (metrics.evaluate tabl
 the held-out alignment accuracy and leakage (workflow/scripts/sample.py), and record.json:
 {"metrics", "params", "tags", "artifacts"}. Image metrics are the means over (image, reference)
 pairs ("img/<metric>") and over images of the minimum over references ("img/<metric>.min");
-mechanism shares are in % ("mech/..."); NaN values keep their reasons as tags.
+mechanism shares are in % ("mech/..."); the reasons of NaN values and protocol zeros are tags.
 """
 from __future__ import annotations
 
@@ -26,10 +26,14 @@ def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path) -> tupl
     """Run the metrics suite; (metrics, tags) from its aggregate table."""
     import pandas as pd
 
-    from metrics.evaluate import AGGREGATE, evaluate_folder
+    from metrics.evaluate import AGGREGATE, TABLE, evaluate_folder
 
-    agg = pd.read_csv(evaluate_folder(samples, cfg, names, out=out, missing="nan") / AGGREGATE)
+    folder = evaluate_folder(samples, cfg, names, out=out, missing="nan")
+    agg = pd.read_csv(folder / AGGREGATE)
+    rows = pd.read_csv(folder / TABLE, usecols=["metric", "reason"]).dropna()
     metrics, tags = {}, {}
+    for metric, g in rows.groupby("metric"):  # why values are NaN or protocol zeros (e.g. no face detected)
+        tags[f"reasons/{metric}"] = "; ".join(f"{r}: {n}" for r, n in g["reason"].value_counts().items())[:4000]
     for r in agg.itertuples():
         key = f"img/{r.metric}" + (".min" if "min over references" in r.statistic else "")
         metrics[key] = float(r.value)
@@ -38,8 +42,6 @@ def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path) -> tupl
             metrics[f"nan/{r.metric}"] = float(r.n_nan)
             tags[f"label/{r.metric}"] = r.label
             tags[f"model/{r.metric}"] = " ".join(str(x) for x in (r.model, r.weights) if isinstance(x, str))
-            if isinstance(r.nan_reasons, str) and r.nan_reasons:
-                tags[f"nan_reasons/{r.metric}"] = str(r.nan_reasons)[:4000]
     return metrics, tags
 
 

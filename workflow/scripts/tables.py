@@ -70,13 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.study == "sweep":
         t = tables.sweep_table(runs)
         tables.write_csv(t, args.out_sweep)
-        figures.sweep_heatmap(t, tables.display_metrics(t), args.out_heatmap,
+        figures.sweep_heatmap(t, [m for m in tables.display_metrics(t) if m != tables.CHANCE], args.out_heatmap,
                               f"alpha (SCAL) x beta (MDL) sweep, mean over seeds and n{world}")
     elif args.study == "scaling":
         t = tables.scaling_table(runs, list(methods))
         tables.write_csv(t, args.out_scaling)
-        figures.scaling_plot(t, tables.display_metrics(t), args.out_figure,
-                             f"metric vs subjects per test sample; error bars: std over seeds{world}")
+        shown = [m for m in tables.display_metrics(t) if m != tables.CHANCE]
+        figures.scaling_plot(t, shown, args.out_figure,
+                             f"metric vs subjects per test sample; error bars: std over seeds{world}",
+                             reference={"leakage (%)": tables.CHANCE} if tables.CHANCE in tables.display_metrics(t)
+                             else None)
     else:
         t = tables.benchmark_table(runs, "dreambench", methods, paper, "main")
         tables.write_csv(t, args.out_main)
