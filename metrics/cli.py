@@ -27,6 +27,13 @@ def run(args: argparse.Namespace) -> int:
     profile = args.profile or (None if args.config else "paper")
     cfg = load_config(args.config, profile)
     names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else None
+    if names is not None:
+        from .evaluate import select
+
+        try:
+            select(cfg, names)
+        except ValueError as e:
+            raise ValueError(f"--metrics: {e}") from None
     try:
         out = evaluate_folder(args.folder, cfg, names, args.manifest, args.out, args.batch_size,
                               "nan" if args.allow_missing else "raise")

@@ -38,6 +38,14 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sections() -> list[str]:
+    """The config sections of the registered metrics."""
+    from . import evaluate  # noqa: F401  (registers every metric)
+    from .registry import REGISTRY
+
+    return sorted({cls.config_key for cls in REGISTRY.values()})
+
+
 def load_config(path: str | Path | None = None, profile: str | None = "paper") -> dict[str, Any]:
     """The profile's sections, overridden by the file's (`metrics:` key or top level)."""
     if profile is not None and profile not in PROFILES:
@@ -57,5 +65,9 @@ def load_config(path: str | Path | None = None, profile: str | None = "paper") -
         data = data.get("metrics", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise ValueError(f"{path}: metrics config must map section names to mappings")
+        known = sections()
+        for key in data:  # a misspelt section would otherwise be ignored and its metric silently not run
+            if key not in known:
+                raise ValueError(f"{path}: section {key!r} is no metric's config section; known: {', '.join(known)}")
         cfg = merge(cfg, data)
     return cfg

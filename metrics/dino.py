@@ -62,13 +62,21 @@ class DinoModel:
         prep.update({k: sec[k] for k in PROTOCOL if k in sec})
         if local:
             self.net = build_vit(name, kwargs)  # our own saved evaluator: plain state dict
-            self.net.load_state_dict(load_file(str(weights)))
+            try:
+                self.net.load_state_dict(load_file(str(weights)))
+            except Exception as e:  # wrong model (keys, shapes) or a corrupt file
+                raise MetricUnavailable(f"{key}.model: {weights} does not hold {name} weights "
+                                        f"({type(e).__name__}: {str(e)[:300]})") from None
         elif weights:
             if not Path(weights).expanduser().is_file():
                 raise MetricUnavailable(f"{key}.weights: {weights} not found (provide the {name} weights there)")
             # timm's loader applies its checkpoint filter (original DINO .pth files load too)
-            self.net = build_vit(name, kwargs, pretrained=True,
-                                 pretrained_cfg_overlay={"file": str(Path(weights).expanduser())})
+            try:
+                self.net = build_vit(name, kwargs, pretrained=True,
+                                     pretrained_cfg_overlay={"file": str(Path(weights).expanduser())})
+            except Exception as e:
+                raise MetricUnavailable(f"{key}.weights: {weights} does not hold {name} weights "
+                                        f"({type(e).__name__}: {str(e)[:300]})") from None
         else:
             try:
                 self.net = build_vit(name, kwargs, pretrained=True)

@@ -12,6 +12,11 @@ models once per evaluation, reference embeddings cached) and returns three thing
   (a missing subject drags it down), with counts of rows and of NaNs by reason.
 - `info`: metric identities, reference-cache hit rates, item count.
 `evaluate_folder` does the same for a folder + manifest and writes the three files atomically.
+
+Inputs are checked before any scoring: every image is read once (missing, corrupt, 16-bit
+or transparent images fail naming the manifest line and field). An item with no references
+(K = 0) gets, for each per-reference metric, one NaN row with the reason "K = 0: no
+references", so it is counted (`n_nan`) rather than silently absent.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ def select(cfg: dict[str, Any], names: list[str] | None) -> list[str]:
         return [n for n, cls in REGISTRY.items() if cls.config_key in cfg]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+        raise ValueError(f"unknown metric name(s) {', '.join(map(repr, unknown))}; known: {', '.join(REGISTRY)}")
     return list(names)
 
 
@@ -55,6 +60,21 @@ def _unavailable_rows(cls, items: list[Item], reason: str) -> list[Row]:
     if "references" in cls.inputs:
         return [Row(i, j, math.nan, reason) for i, it in enumerate(items) for j in range(len(it.references))]
     return [Row(i, None, math.nan, reason) for i in range(len(items))]
+
+
+def check_inputs(items: list[Item]) -> None:
+    """Read every image the evaluation will read, once: a bad one fails here, naming its manifest line and field."""
+    seen: set[tuple[str, str]] = set()
+    for it in items:
+        src = f" at {it.source}" if it.source else f" of item {it.id}"
+        files = [(it.image, "RGB", "image")]
+        for j, r in enumerate(it.references):
+            files += [(r.image, "RGB", f"references[{j}].image")] + ([(r.mask, "L", f"references[{j}].mask")]
+                                                                     if r.mask else [])
+        for path, mode, field in files:
+            if (str(path), mode) not in seen:
+                seen.add((str(path), mode))
+                load_image(path, mode, field=field + src)
 
 
 def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None = None, batch_size: int = 16,
@@ -75,6 +95,7 @@ def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None =
             if missing == "raise":
                 raise
             runners[name], identities[name] = str(e), {"model": "", "weights": "", "protocol": "", "world": ""}
+    check_inputs(items)
     records = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
@@ -82,6 +103,9 @@ def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None =
         for name, runner in runners.items():
             rows = (_unavailable_rows(REGISTRY[name], batch, runner) if isinstance(runner, str)
                     else runner.score(batch, images))
+            if "references" in REGISTRY[name].inputs:  # K = 0: counted as NaN, not silently absent
+                rows += [Row(i, None, math.nan, "K = 0: no references") for i, it in enumerate(batch)
+                         if not it.references]
             ident = identities[name]
             for r in rows:
                 if math.isnan(r.value) and not r.reason:

@@ -74,6 +74,7 @@ class Item:
     seed: int | None = None
     attention: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)  # benchmark, scenario, entry, meta
+    source: str = ""  # "manifest file:line", for errors
 
     def __post_init__(self):
         if not self.clip_t_prompt:
@@ -132,6 +133,7 @@ def parse_record(rec: Any, base: Path, where: str) -> Item:
         seed=seed,
         attention=_path(base, rec["attention"], f"{where}: attention") if rec.get("attention") else None,
         info={k: rec[k] for k in ("benchmark", "scenario", "entry", "meta") if k in rec},
+        source=where,
     )
 
 

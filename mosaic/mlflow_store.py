@@ -9,7 +9,9 @@ its own run folder's store (it keeps its per-step metrics there); `copy_run` cop
 key again first deletes the runs logged under it before, so a rerun never duplicates runs and a
 deleted store is rebuilt by logging again from the run folders. The workflow names each store by a
 generation id (file `generation`, renewed when the store is missing) and passes it to every job
-that logs into the store, so those jobs rerun when the store is new (`check_generation`).
+that logs into the store, so those jobs rerun when the store is new (`check_generation`). Every
+store call is retried while another job holds the sqlite lock (mosaic.retry); `_replace` (delete the
+key's runs, create one) is retried as a whole, so a run an earlier attempt created is deleted again.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from mosaic import retry
+from mosaic.tracking import CREATE_TAG
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -32,15 +37,17 @@ def store_uri(root: str | os.PathLike) -> str:
 
 def ensure_store(root: str | os.PathLike, experiments: list[str]) -> str:
     """Create the sqlite store under `root` and the experiments (artifacts in root/artifacts/<name>); idempotent."""
-    from mlflow import MlflowClient
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     uri = store_uri(root)
-    client = MlflowClient(uri)  # the first client call runs the schema migration
-    for name in experiments:
+    client = retry.client(uri)  # opening the store runs the schema migration
+
+    def create(name: str) -> None:
         if client.get_experiment_by_name(name) is None:
             client.create_experiment(name, artifact_location=(root / "artifacts" / name).resolve().as_uri())
+
+    for name in experiments:
+        retry.call(uri, f"create experiment {name!r}", create, name)
     return uri
 
 
@@ -54,13 +61,16 @@ def check_generation(root: str | os.PathLike, generation: str) -> None:
 
 
 def _client(uri: str):
-    from mlflow import MlflowClient
+    return retry.client(uri)
 
-    return MlflowClient(uri)
+
+def _call(client, method: str, *args: Any, **kwargs: Any) -> Any:
+    """client.<method>(...), retried while the store is locked (only for calls that are safe to repeat)."""
+    return retry.call(client.tracking_uri, method, getattr(client, method), *args, **kwargs)
 
 
 def _experiment_id(client, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
+    exp = _call(client, "get_experiment_by_name", name)
     if exp is None:
         raise RuntimeError(f"{client.tracking_uri}: no experiment {name!r}; the store is created with its experiments "
                            f"by the workflow's onstart (mosaic.mlflow_store.ensure_store)")
@@ -70,20 +80,24 @@ def _experiment_id(client, name: str) -> str:
 def _replace(client, experiment: str, key: str, run_name: str, tags: dict[str, str]) -> str:
     """Delete the runs logged under `key` before; start a new one tagged with it."""
     exp_id = _experiment_id(client, experiment)
-    for old in client.search_runs([exp_id], filter_string=f"tags.{KEY_TAG} = '{key}'"):
-        client.delete_run(old.info.run_id)
-    run = client.create_run(exp_id, run_name=run_name, tags={**tags, KEY_TAG: key})
-    return run.info.run_id
+
+    def attempt() -> str:  # repeated whole: a run that a failed attempt created is deleted again
+        for old in client.search_runs([exp_id], filter_string=f"tags.{KEY_TAG} = '{key}'"):
+            client.delete_run(old.info.run_id)
+        return client.create_run(exp_id, run_name=run_name, tags={**tags, KEY_TAG: key}).info.run_id
+
+    return retry.call(client.tracking_uri, f"replace run {key!r}", attempt)
 
 
 def _log_batch(client, run_id: str, params=(), tags=(), metrics=()) -> None:
+    """Safe to repeat: params of equal value, tags and identical metrics are not written twice."""
     params, tags, metrics = list(params), list(tags), list(metrics)
     for i in range(0, len(params), _BATCH):
-        client.log_batch(run_id, params=params[i:i + _BATCH])
+        _call(client, "log_batch", run_id, params=params[i:i + _BATCH])
     for i in range(0, len(tags), _BATCH):
-        client.log_batch(run_id, tags=tags[i:i + _BATCH])
+        _call(client, "log_batch", run_id, tags=tags[i:i + _BATCH])
     for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        _call(client, "log_batch", run_id, metrics=metrics[i:i + 1000])
 
 
 def copy_run(src_uri: str, src_run_id: str, dst_uri: str, experiment: str, key: str,
@@ -93,17 +107,17 @@ def copy_run(src_uri: str, src_run_id: str, dst_uri: str, experiment: str, key: 
     from mlflow.entities import Param
 
     src, dst = _client(src_uri), _client(dst_uri)
-    run = src.get_run(src_run_id)
-    own = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    run = _call(src, "get_run", src_run_id)
+    own = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k != CREATE_TAG}
     run_id = _replace(dst, experiment, key, run.info.run_name,
                       {**own, **(tags or {}), "source_run_id": src_run_id, "source_store": src_uri})
-    history = [m for name in run.data.metrics for m in src.get_metric_history(src_run_id, name)]
+    history = [m for name in run.data.metrics for m in _call(src, "get_metric_history", src_run_id, name)]
     _log_batch(dst, run_id, params=[Param(k, v) for k, v in run.data.params.items()], metrics=history)
     with tempfile.TemporaryDirectory() as tmp:
-        if src.list_artifacts(src_run_id):
-            local = src.download_artifacts(src_run_id, "", tmp)
-            dst.log_artifacts(run_id, local)
-    dst.set_terminated(run_id, status=run.info.status)
+        if _call(src, "list_artifacts", src_run_id):
+            local = _call(src, "download_artifacts", src_run_id, "", tmp)
+            _call(dst, "log_artifacts", run_id, local)
+    _call(dst, "set_terminated", run_id, status=run.info.status)
     return run_id
 
 
@@ -121,6 +135,7 @@ def log_record(uri: str, experiment: str, key: str, run_name: str, record: dict[
                metrics=[Metric(k, float(v), now, 0) for k, v in record.get("metrics", {}).items()])
     for rel in record.get("artifacts", []):
         path = Path(folder) / rel
-        client.log_artifact(run_id, str(path), str(Path(rel).parent) if Path(rel).parent != Path(".") else None)
-    client.set_terminated(run_id, status="FINISHED")
+        folder_in_run = str(Path(rel).parent) if Path(rel).parent != Path(".") else None
+        _call(client, "log_artifact", run_id, str(path), folder_in_run)
+    _call(client, "set_terminated", run_id, status="FINISHED")
     return run_id

@@ -4,7 +4,9 @@ Why it exists: every training is one MLflow run holding its resolved config (par
 provenance (tags: variant, profile, git sha, seed, package versions), per-step metrics and
 its artifacts. A restarted training must continue that run, not open a second one, so the
 run id is stored in the output folder and reused. Metrics are buffered and written in
-batches (one sqlite transaction each) so logging does not slow the training loop.
+batches so logging does not slow the training loop. Every store call is retried while the sqlite
+store is locked by another job (mosaic.retry); creating the run is the one write that is not
+idempotent, so a retried create first looks for the run an earlier attempt may have committed.
 """
 from __future__ import annotations
 
@@ -12,11 +14,15 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mosaic import retry
+
 RUN_ID_FILE = "mlflow_run_id"
+CREATE_TAG = "mosaic.create_id"  # tells a retried create_run which run its earlier attempt made
 PACKAGES = ("torch", "diffusers", "peft", "deepspeed", "mlflow", "transformers")
 
 
@@ -58,24 +64,25 @@ class RunLogger:
     """One MLflow run per output folder: `start` creates it or reopens the stored one."""
 
     def __init__(self, tracking_uri: str, experiment: str, output_dir: Path):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
+        self.client = retry.client(tracking_uri)
         self.uri, self.experiment, self.output_dir = tracking_uri, experiment, Path(output_dir)
         self.run_id: str | None = None
         self._metrics: list[Any] = []
 
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """self.client.<method>(...), retried while the store is locked."""
+        return retry.call(self.uri, method, getattr(self.client, method), *args, **kwargs)
+
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
 
-        exp = self.client.get_experiment_by_name(self.experiment)
+        exp = self._call("get_experiment_by_name", self.experiment)
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(self.experiment, artifact_location=_artifact_location(self.uri))
+            return self._call("create_experiment", self.experiment, artifact_location=_artifact_location(self.uri))
         except MlflowException:  # created meanwhile by a concurrent run
-            exp = self.client.get_experiment_by_name(self.experiment)
+            exp = self._call("get_experiment_by_name", self.experiment)
             if exp is None:
                 raise
             return exp.experiment_id
@@ -89,24 +96,40 @@ class RunLogger:
         if path.exists():
             self.run_id = path.read_text().strip()
             try:
-                self.client.get_run(self.run_id)
+                self._call("get_run", self.run_id)
             except MlflowException:
                 raise FileNotFoundError(f"{path}: MLflow run {self.run_id} is not in the store {self.uri}; "
                                         f"use the tracking URI the run started with, or delete {path}") from None
-            self.client.update_run(self.run_id, status="RUNNING")
+            self._call("update_run", self.run_id, status="RUNNING")
             self.set_tag(f"resumed_at_step_{step}", "true")
             return self.run_id
-        run = self.client.create_run(self._experiment_id(), run_name=run_name)
-        self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.run_id = self._create_run(self._experiment_id(), run_name)
+        self._call("log_batch", self.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                   tags=[RunTag(k, str(v)) for k, v in tags.items()])
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.run_id)
         os.replace(tmp, path)
         return self.run_id
 
+    def _create_run(self, experiment_id: str, run_name: str | None) -> str:
+        """create_run, retried without a duplicate: a retry reuses the run an earlier attempt committed."""
+        from mlflow.entities import ViewType
+
+        create_id, tried = uuid.uuid4().hex, []
+
+        def attempt() -> str:
+            if tried:
+                found = self.client.search_runs([experiment_id], f"tags.`{CREATE_TAG}` = '{create_id}'",
+                                                run_view_type=ViewType.ALL)
+                if found:
+                    return found[0].info.run_id
+            tried.append(True)
+            return self.client.create_run(experiment_id, run_name=run_name, tags={CREATE_TAG: create_id}).info.run_id
+
+        return retry.call(self.uri, "create_run", attempt)
+
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        self._call("set_tag", self.run_id, key, value)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -116,13 +139,13 @@ class RunLogger:
 
     def flush(self) -> None:
         if self._metrics:
-            self.client.log_batch(self.run_id, metrics=self._metrics)
+            self._call("log_batch", self.run_id, metrics=self._metrics)  # identical metrics are not written twice
             self._metrics = []
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call("log_artifact", self.run_id, str(path), artifact_path)
 
     def end(self, status: str) -> None:
         """FINISHED, FAILED or KILLED (an interrupted run that a restart will reopen)."""
         self.flush()
-        self.client.set_terminated(self.run_id, status=status)
+        self._call("set_terminated", self.run_id, status=status)

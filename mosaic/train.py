@@ -20,7 +20,9 @@ restores the RNG streams and the data position exactly, with no RNG state to car
 optimizer and LR-scheduler state go through `engine.save_checkpoint` / `load_checkpoint`.
 A restart with the same output folder resumes from its latest checkpoint and reopens the
 same MLflow run. A non-finite loss stops training with an error naming the step, before any
-update or checkpoint of the bad state; SIGTERM saves a checkpoint, then exits.
+update or checkpoint of the bad state; SIGTERM saves a checkpoint, then exits. Fault injection for
+the reliability tests: config train.nan_at_step, and $MOSAIC_FAULT_SIGKILL_AT_STEP (the process
+kills itself after that step, as a pre-emption without warning would).
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ LATEST = "latest"
 LORA_FILE = "lora.safetensors"
 BASE_DIR = "transformer"
 METRICS_FILE = "mechanism.json"
+INPUTS_FILE = "inputs.sha256"  # reset_stale_output
+KILL_AT_STEP_ENV = "MOSAIC_FAULT_SIGKILL_AT_STEP"  # fault injection (tests/reliability): SIGKILL after step n
 
 
 class TrainingError(RuntimeError):
@@ -350,12 +354,20 @@ def save_checkpoint(engine, output_dir: Path, step: int, client_state: dict[str,
     so a kill during the save leaves the previous checkpoint as the latest."""
     ckpt = output_dir / CHECKPOINTS
     tag = f"step_{step:08d}"
-    engine.save_checkpoint(str(ckpt), tag=tag, client_state=client_state, save_latest=False,
-                           exclude_frozen_parameters=frozen_excluded)
+    tmp = ckpt / f".{LATEST}.tmp"
+    try:
+        engine.save_checkpoint(str(ckpt), tag=tag, client_state=client_state, save_latest=False,
+                               exclude_frozen_parameters=frozen_excluded)
+        if rank == 0:
+            tmp.write_text(tag)
+            os.replace(tmp, ckpt / LATEST)
+    except (OSError, RuntimeError) as e:  # e.g. a full disk (torch.save reports it as a RuntimeError)
+        if rank == 0:
+            shutil.rmtree(ckpt / tag, ignore_errors=True)
+            tmp.unlink(missing_ok=True)
+        raise TrainingError(f"step {step}: writing checkpoint {ckpt / tag} failed ({str(e).strip()[:300]}); "
+                            f"the previous checkpoint is intact: {latest_checkpoint(output_dir) or 'none'}") from e
     if rank == 0:
-        tmp = ckpt / f".{LATEST}.tmp"
-        tmp.write_text(tag)
-        os.replace(tmp, ckpt / LATEST)
         for old in sorted(p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("step_"))[:-keep]:
             shutil.rmtree(old)
     dist.barrier()
@@ -377,6 +389,61 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _run_config(source: Path | Config) -> dict[str, Any]:
+    """A config (or the one saved at a path) without the keys that may change on resume (tracking, the
+    after-training evaluation)."""
+    cfg = load_config(source) if isinstance(source, Path) else source
+    return {k: v for k, v in flatten(cfg).items() if not k.startswith(("tracking.", "eval."))}
+
+
+def checkpoint_step(output_dir: Path) -> int | None:
+    """The step of the latest checkpoint (from its tag `step_<n>`), or None."""
+    tag = latest_checkpoint(output_dir)
+    return int(tag.removeprefix("step_")) if tag else None
+
+
+def digest_inputs(paths: list[Path]) -> str:
+    """A sha256 naming what a job read: a file's content (markers, configs), a folder's listing (each file's
+    relative path, size and mtime), so regenerated data or retrained weights change it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        h.update(f"{path}\0".encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+        elif path.is_dir():
+            for f in sorted(q for q in path.rglob("*") if q.is_file()):
+                st = f.stat()
+                h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        else:
+            raise FileNotFoundError(f"{path}: input of the training not found")
+    return h.hexdigest()
+
+
+def reset_stale_output(out: Path, cfg: Config, inputs: str) -> str | None:
+    """For a scheduler that reruns a job whose output it deleted (the workflow): keep the run folder only
+    when it holds an unfinished run of the same config and the same inputs (`inputs`: a digest of the
+    data and weights the job reads), so a pre-empted job resumes; otherwise empty it, so the rerun starts
+    afresh (a finished run rerun on purpose, a changed config or changed inputs). Writes `inputs` into
+    the folder; returns why it was emptied, or None."""
+    saved, digest = out / "config.yaml", out / INPUTS_FILE
+    reason = None
+    if out.exists() and any(out.iterdir()):
+        step = checkpoint_step(out)
+        if not saved.is_file() or _run_config(saved) != _run_config(cfg):
+            reason = f"{saved}: the config changed"
+        elif not digest.is_file() or digest.read_text().strip() != inputs:
+            reason = f"{digest}: the inputs changed"
+        elif step is not None and step >= cfg.train.steps and any((out / f).exists() for f in (LORA_FILE, BASE_DIR)):
+            reason = f"{out}: its run had finished (exported at step {step}); rerun on request"
+        if reason:
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(digest, inputs + "\n")
+    return reason
+
+
 def prepare_output(out: Path, cfg: Config) -> None:
     """Resume or start afresh, then write the resolved config.
 
@@ -388,8 +455,7 @@ def prepare_output(out: Path, cfg: Config) -> None:
 
     saved = out / "config.yaml"
     if saved.exists():
-        old = {k: v for k, v in flatten(load_config(saved)).items() if not k.startswith(("tracking.", "eval."))}
-        new = {k: v for k, v in flatten(cfg).items() if not k.startswith(("tracking.", "eval."))}
+        old, new = _run_config(saved), _run_config(cfg)
         diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if diff and latest_checkpoint(out) is not None:
             raise ConfigError(f"{saved}: the output folder holds checkpoints of a run with a different config "
@@ -476,6 +542,7 @@ def train(cfg: Config, stop_after: int | None = None) -> TrainResult:
     bar = tqdm(total=cfg.train.steps, initial=step, disable=rank != 0, desc=cfg.variant, dynamic_ncols=True,
                mininterval=1.0)
     data = batch_stream(stages, step, cfg.train.steps)
+    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, 0)) or None
     try:
         with _StopFlag() as stop:
             engine.train()
@@ -513,6 +580,8 @@ def train(cfg: Config, stop_after: int | None = None) -> TrainResult:
                 if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                     checkpoint(step)
                     saved_at = step
+                if step == kill_at:  # fault injection: a pre-emption that gives no warning
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if step < cfg.train.steps and (stopping or step == stop_after):
                     status = "interrupted"
                     break
@@ -533,6 +602,9 @@ def train(cfg: Config, stop_after: int | None = None) -> TrainResult:
                 results = mechanism.evaluate_run(engine.module, codec, text_encoder, val, cfg, device, dtype, out,
                                                  logger, ext)
             if logger:
+                truncated = getattr(text_encoder, "truncated", None)  # prompts longer than the text encoder keeps
+                if truncated is not None:
+                    logger.log_metrics({"data/prompts_truncated": float(truncated)}, step)
                 logger.end("FINISHED")
         dist.barrier()
         return TrainResult(status, step, output, logger.run_id if logger else None, results)
@@ -569,6 +641,10 @@ def export(model, ema, params, out: Path, lora_mode: bool, ext=None) -> list[Pat
     try:
         paths = [model.save_lora(out / LORA_FILE) if lora_mode else model.save_base(out / BASE_DIR)]
         return paths + (list(ext.export(model, out)) if ext is not None else [])
+    except Exception as e:  # e.g. a full disk (OSError, or safetensors' own error); no partial file is left
+        raise TrainingError(f"{out / (LORA_FILE if lora_mode else BASE_DIR)}: exporting the trained weights failed "
+                            f"({str(e).strip()[:300]}); the final checkpoint {latest_checkpoint(out)} is intact: "
+                            f"rerun with the same output folder to export it") from e
     finally:
         if ema is not None:
             ema.restore(params)

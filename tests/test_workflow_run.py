@@ -1,11 +1,10 @@
 """The tiny DAG run end to end on a micro config: tables match the MLflow runs they came from; reruns.
 
-One module-scoped run (two loss variants x two seeds, a few steps each) in a temporary working
-directory, then checks on its products and dry-run checks of the rerun rules: nothing changed ->
+One run of the micro config (tests/workflow_helpers.py: two loss variants x two seeds, a few steps
+each), then checks on its products and dry-run checks of the rerun rules: nothing changed ->
 nothing to do; one variant's row changed -> only that variant's jobs and the table; the MLflow
 store deleted -> only the logging jobs and the table, which rebuild it.
 """
-import copy
 import re
 import shutil
 import subprocess
@@ -14,39 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from mosaic import tables
 from mosaic.mlflow_store import store_uri
+from tests.workflow_helpers import micro_config, snakemake, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = yaml.safe_load((ROOT / "workflow" / "config" / "tiny.yaml").read_text())
 pytestmark = pytest.mark.slow
-
-
-def micro_config() -> dict:
-    c = copy.deepcopy(TINY)
-    c["benchmarks"] = str(ROOT.parent / "shared" / "benchmarks")
-    c["data"].update(train={"n": 24, "k_min": 1, "k_max": 2}, val={"n": 4, "k_min": 2, "k_max": 2}, test={"n": 2},
-                     preview={"n": 2})
-    c["training"]["base"] = {"train.steps": 8}
-    c["training"]["lora"].update({"train.steps": 6, "eval.max_samples": 2, "eval.timesteps": [0.5]})
-    c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic")}
-    c["evalsets"] = {"heldout": {"k": [2], "seeds": [0], "steps": 2, "metrics": ["CLIP-I", "CLIP-T", "DINO"]}}
-    c["metrics"] = {"evaluators": {"clip_steps": 4, "dino_steps": 2, "n_train": 12, "seed": 0}, "config": {}}
-    c["studies"] = {"ablation": {"methods": ["none", "mosaic"], "ktrain": [2], "seeds": [0, 1],
-                                 "evalsets": ["heldout-k2"]}}
-    return c
-
-
-def snakemake(workdir: Path, config: Path, *args, check=True):
-    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-                        "--configfile", str(config), "--cores", "2", "--workflow-profile", "none", *args],
-                       capture_output=True, text=True)
-    if check and p.returncode != 0:
-        logs = "\n".join(f"== {f}\n{f.read_text()[-1500:]}" for f in (workdir / "results" / "logs").rglob("*.log"))
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stderr[-4000:]}\n{logs[-6000:]}")
-    return p.stdout + p.stderr
 
 
 def planned(out: str) -> list[tuple[str, str]]:
@@ -55,12 +27,8 @@ def planned(out: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("wf")
-    cfg = work / "micro.yaml"
-    cfg.write_text(yaml.safe_dump(micro_config()))
-    snakemake(work, cfg, "results/ablation.csv")
-    return work, cfg
+def run(micro_run):
+    return micro_run
 
 
 def test_ablation_rows_match_the_mlflow_runs(run):
@@ -100,8 +68,7 @@ def test_changing_one_variant_reruns_only_its_jobs(run, tmp_path):
     work, _ = run
     changed = micro_config()
     changed["methods"]["none"]["overrides"]["train.lr"] = 0.002
-    cfg = tmp_path / "changed.yaml"
-    cfg.write_text(yaml.safe_dump(changed))
+    cfg = write_config(tmp_path, changed, "changed.yaml")
     jobs = planned(snakemake(work, cfg, "-n", "results/ablation.csv"))
     assert {r for r, _ in jobs} == {"train", "sample", "evaluate", "mlflow_log", "tables_ablation"}
     assert sum(r == "train" for r, _ in jobs) == 2  # its two seeds

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     c = sub.add_parser("validate", help="check a dataset folder; exit 1 if it has problems")
     c.add_argument("path", help="dataset folder")
+    c.add_argument("--flavour", help="also list the prompts this model flavour's text encoder would truncate")
+    c.add_argument("--weights", help="with a t5-clip flavour: the local diffusers FLUX folder (its tokenizers)")
 
     m = sub.add_parser("collage", help="compose single-subject samples into multi-subject collages")
     m.add_argument("source", help="dataset folder of single-subject samples")
@@ -83,7 +85,12 @@ def _validate(args) -> int:
     from .sample import read_manifest
     from .validate import validate_dataset
 
-    problems = validate_dataset(args.path)
+    encoder = None
+    if args.flavour:
+        from ..model.text import prompt_checker
+
+        encoder = prompt_checker(args.flavour, args.weights)
+    problems = validate_dataset(args.path, **({"text_encoder": encoder} if encoder else {}))
     for p in problems:
         print(p)
     if problems:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .sample import DataError, Sample, load_sample, read_manifest
-from .tokens import map_correspondences, mask_to_tokens
+from .tokens import CorrespondenceConflict, map_correspondences, mask_to_tokens
 
 
 @dataclass
@@ -82,15 +82,43 @@ class MultiSubjectDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, spec: TokenSpec, strict: bool = False, max_k: int | None = None):
         self.root = Path(root)
         self.records = read_manifest(self.root)
+        manifest = self.root / "manifest.jsonl"
         if not self.records:
-            raise DataError(f"{self.root / 'manifest.jsonl'}: empty manifest")
+            raise DataError(f"{manifest}: empty manifest")
+        empty = [r for r in self.records if not r["references"]]
+        if empty:  # checked up front: a training would otherwise fail at the step that draws the sample
+            raise DataError(f"{manifest}: sample {empty[0]['id']} field k = 0: a sample needs at least one "
+                            f"reference ({len(empty)} such samples)")
         self.spec, self.strict, self.max_k = spec, strict, max_k
+        if strict:  # ownership needs only the correspondence files: a conflict stops a training before it starts
+            for rec in self.records:
+                self._check_ownership(rec)
+
+    def _check_ownership(self, rec: dict[str, Any]) -> None:
+        path = self.root / rec["correspondences"]
+        try:
+            with np.load(path) as z:
+                pts = [np.asarray(z[f"ref{k}"], np.int64).reshape(-1, 4) for k in range(len(rec["references"]))
+                       if f"ref{k}" in z.files]
+            # target coordinates only (ownership ignores the reference side)
+            pts = [np.concatenate([np.zeros((len(p), 2), np.int64), p[:, 2:]], 1) for p in pts]
+            map_correspondences(pts, [self.spec.ref_size] * len(pts), self.spec.target_size, self.spec.downsample,
+                                self.spec.patch, strict=True)
+        except CorrespondenceConflict as e:
+            raise DataError(f"{path}: target tokens: {e} (sample {rec['id']}, strict ownership)") from None
+        except Exception:  # a missing or malformed file: load_sample names it when the sample is read
+            return
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return encode_sample(load_sample(self.root, self.records[i]), self.spec, self.strict, self.max_k)
+        rec = self.records[i]
+        try:
+            return encode_sample(load_sample(self.root, rec), self.spec, self.strict, self.max_k)
+        except CorrespondenceConflict as e:  # strict mode: name the file; `validate_dataset` with a spec lists all
+            raise DataError(f"{self.root / rec['correspondences']}: target tokens: {e} (sample {rec['id']}, "
+                            f"strict ownership)") from None
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

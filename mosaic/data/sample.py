@@ -150,8 +150,12 @@ def read_metadata(root: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+REQUIRED = ("id", "prompt", "target", "k", "references", "correspondences")  # manifest fields every consumer reads
+
+
 def read_manifest(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """All manifest records; a malformed line raises a DataError naming file and line."""
+    """All manifest records; a malformed line (bad JSON, a missing field, references that are not
+    a list of objects with an image, a phrase and a mask) raises a DataError naming file, line and field."""
     path = Path(root) / MANIFEST
     if not path.exists():
         raise DataError(f"{path}: manifest not found")
@@ -161,47 +165,107 @@ def read_manifest(root: str | os.PathLike) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
+            for key in REQUIRED:
+                if key not in rec:
+                    raise DataError(f"{path}:{i}: field {key}: missing")
+            refs = rec["references"]
+            if not isinstance(refs, list):
+                raise DataError(f"{path}:{i}: field references: expected a list, got {type(refs).__name__}")
+            for k, r in enumerate(refs):
+                missing = [key for key in ("image", "phrase", "mask") if not isinstance(r, dict) or key not in r]
+                if missing:
+                    raise DataError(f"{path}:{i}: field references[{k}].{missing[0]}: missing")
+            records.append(rec)
     return records
 
 
-def load_image(path: Path, mode: str = "RGB") -> np.ndarray:
-    """Read an image as uint8; unreadable files raise DataError naming the path."""
+# 8-bit conversion of these clips or rescales values: refused rather than silently changed.
+HIGH_DEPTH = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB", exact: bool = False) -> np.ndarray:
+    """`path` as a uint8 array in `mode`; DataError with the bare reason (no path) otherwise.
+
+    Refused: a missing or unreadable file; a 16-bit or float image (8-bit conversion would clip
+    it); transparent pixels (conversion would drop the alpha and show whatever colour lies under
+    them); and with `exact`, any mode but `mode` itself (the dataset format stores RGB images and
+    L masks only, so another mode means the wrong file sits there).
+    """
     try:
         with Image.open(path) as im:
             im.load()
+            if exact and im.mode != mode:
+                raise DataError(f"image mode {im.mode}, but the dataset format stores {mode} here")
+            if im.mode in HIGH_DEPTH:
+                raise DataError(f"image mode {im.mode} (more than 8 bits per channel): converting it to 8-bit "
+                                f"{mode} would clip it; save it as 8-bit {mode}")
+            if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+                alpha = np.asarray(im.convert("RGBA"))[..., 3]
+                if (alpha < 255).any():
+                    raise DataError(f"image mode {im.mode} with {int((alpha < 255).sum())} transparent pixels: "
+                                    f"converting it to {mode} would drop the alpha; flatten it onto a background")
             return np.asarray(im.convert(mode))
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+        raise DataError("image file not found") from None
+    except DataError:
+        raise
     except Exception as e:  # PIL raises many types for corrupt files
-        raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+        raise DataError(f"unreadable image ({type(e).__name__}: {e})") from None
+
+
+def load_image(path: str | os.PathLike, mode: str = "RGB", field: str | None = None, exact: bool = False) -> np.ndarray:
+    """`read_image`, with errors naming the path and (if given) the field that points to it."""
+    try:
+        return read_image(path, mode, exact)
+    except DataError as e:
+        raise DataError(f"{path}: {e} (field {field})" if field else f"{path}: {e}") from None
 
 
 def load_sample(root: str | os.PathLike, record: dict[str, Any]) -> Sample:
+    """One manifest record -> Sample; every error names the file, the field and the sample."""
     root = Path(root)
+    sid = record.get("id")
     refs = record["references"]
     corr_path = root / record["correspondences"]
     try:
         corr = np.load(corr_path)
     except FileNotFoundError:
-        raise DataError(f"{corr_path}: correspondences file not found (sample {record.get('id')})") from None
+        raise DataError(f"{corr_path}: correspondences: file not found (sample {sid})") from None
     except Exception as e:
-        raise DataError(f"{corr_path}: unreadable correspondences ({type(e).__name__}: {e})") from None
+        raise DataError(f"{corr_path}: correspondences: unreadable ({type(e).__name__}: {e}) (sample {sid})") from None
     with corr:
-        points = [np.asarray(corr[f"ref{k}"], np.int64).reshape(-1, 4) if f"ref{k}" in corr.files
-                  else np.zeros((0, 4), np.int64) for k in range(len(refs))]
-    target = load_image(root / record["target"])
-    masks = np.stack([load_image(root / r["mask"], "L") > 127 for r in refs]) if refs else \
-        np.zeros((0, *target.shape[:2]), bool)
+        points = []
+        for k in range(len(refs)):
+            p = np.asarray(corr[f"ref{k}"]) if f"ref{k}" in corr.files else np.zeros((0, 4), np.int64)
+            if p.ndim != 2 or p.shape[1] != 4 or not np.issubdtype(p.dtype, np.integer):
+                raise DataError(f"{corr_path}: ref{k}: expected integer [P, 4], got {p.dtype} {list(p.shape)} "
+                                f"(sample {sid})")
+            points.append(p.astype(np.int64))
+    target = load_image(root / record["target"], field=f"target of sample {sid}", exact=True)
+    images = [load_image(root / r["image"], field=f"references[{k}].image of sample {sid}", exact=True)
+              for k, r in enumerate(refs)]
+    masks = [load_image(root / r["mask"], "L", field=f"references[{k}].mask of sample {sid}", exact=True) > 127
+             for k, r in enumerate(refs)]
+    for k, (p, img) in enumerate(zip(points, images)):
+        for what, cols, (h, w) in (("reference", slice(0, 2), img.shape[:2]),
+                                   ("target", slice(2, 4), target.shape[:2])):
+            y, x = p[:, cols].T
+            bad = (y < 0) | (y >= h) | (x < 0) | (x >= w)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DataError(f"{corr_path}: ref{k}: {int(bad.sum())} {what} coordinates outside the {h}x{w} "
+                                f"image, first ({int(y[i])}, {int(x[i])}) (sample {sid})")
     return Sample(
         id=record["id"],
         prompt=record["prompt"],
         target=target,
-        references=[Reference(load_image(root / r["image"]), r["phrase"], p, r.get("subject_id", ""))
-                    for r, p in zip(refs, points)],
-        masks=masks,
+        references=[Reference(img, r["phrase"], p, r.get("subject_id", "")) for r, img, p in zip(refs, images, points)],
+        masks=np.stack(masks) if refs else np.zeros((0, *target.shape[:2]), bool),
         meta=record.get("meta", {}),
     )
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
-from .sample import MANIFEST, METADATA
+from .sample import MANIFEST, METADATA, REQUIRED, DataError, read_image
 from .tokens import pixel_to_token
 
 if TYPE_CHECKING:
@@ -33,22 +32,15 @@ class Problem:
         return f"{self.file}: {self.field}: {self.message}"
 
 
-_REQUIRED = ("id", "prompt", "target", "k", "references", "correspondences")
-
-
 def _image(root: Path, rel: Any, mode: str, field: str, sid: str, line: str,
            problems: list[Problem]) -> np.ndarray | None:
     if not isinstance(rel, str):
         problems.append(Problem(line, field, f"expected a relative path, got {rel!r}", sid))
         return None
     try:
-        with Image.open(root / rel) as im:
-            im.load()
-            return np.asarray(im.convert(mode))
-    except FileNotFoundError:
-        problems.append(Problem(rel, field, "image file not found", sid))
-    except Exception as e:
-        problems.append(Problem(rel, field, f"unreadable image ({type(e).__name__}: {e})", sid))
+        return read_image(root / rel, mode, exact=True)
+    except DataError as e:
+        problems.append(Problem(rel, field, str(e), sid))
     return None
 
 
@@ -56,7 +48,7 @@ def _out_of_range(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (p[:, 0] < 0) | (p[:, 0] >= size[0]) | (p[:, 1] < 0) | (p[:, 1] >= size[1])
 
 
-def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | None,
+def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | None, text_encoder: Any,
                   problems: list[Problem]) -> None:
     sid = str(rec["id"])
     refs = rec["references"]
@@ -95,6 +87,12 @@ def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | 
     except Exception as e:
         problems.append(Problem(str(corr_rel), "correspondences", f"unreadable ({type(e).__name__}: {e})", sid))
 
+    if text_encoder is not None and isinstance(rec["prompt"], str):
+        over = text_encoder.overflow(rec["prompt"])
+        if over:
+            problems.append(Problem(line, "prompt", f"too long for the text encoder: {over}", sid))
+    if not refs:
+        problems.append(Problem(line, "k", "K = 0: a sample needs at least one reference", sid))
     n_masks = sum("mask" in r for r in refs)
     counts = {"k": rec["k"], "references": len(refs), "masks": n_masks}
     if corr_ok:
@@ -147,8 +145,12 @@ def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | 
                                     f"reference, first {name} {where} by references {by}", sid))
 
 
-def validate_dataset(root: str | os.PathLike, spec: TokenSpec | None = None) -> list[Problem]:
+def validate_dataset(root: str | os.PathLike, spec: TokenSpec | None = None, text_encoder: Any = None
+                     ) -> list[Problem]:
     """All problems found in the dataset folder `root` (empty list: the dataset is valid).
+
+    With a `text_encoder` (mosaic.model.text: anything with `overflow(prompt)`), also reports the
+    prompts it would truncate.
 
     With a `TokenSpec`, also checks the target size against it and reports target tokens
     claimed by more than one reference: the conflicts `map_correspondences(strict=True)`
@@ -187,7 +189,7 @@ def validate_dataset(root: str | os.PathLike, spec: TokenSpec | None = None) -> 
             if not isinstance(rec, dict):
                 problems.append(Problem(line, "-", f"expected a JSON object, got {type(rec).__name__}"))
                 continue
-            missing = [k for k in _REQUIRED if k not in rec]
+            missing = [k for k in REQUIRED if k not in rec]
             for k in missing:
                 problems.append(Problem(line, k, "missing field", rec.get("id")))
             if not missing:
@@ -203,5 +205,5 @@ def validate_dataset(root: str | os.PathLike, spec: TokenSpec | None = None) -> 
         if sid in seen:
             problems.append(Problem(line, "id", f"duplicate sample id (also {seen[sid]})", sid))
         seen.setdefault(sid, line)
-        _check_sample(root, rec, line, spec, problems)
+        _check_sample(root, rec, line, spec, text_encoder, problems)
     return problems

@@ -97,10 +97,14 @@ class VaeCodec(Codec):
     def from_pretrained(cls, weights: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VaeCodec:
         from diffusers import AutoencoderKL
 
-        from .weights import locate
+        from .weights import component_config, load_error, locate
 
         root, sub = locate(weights, "vae")
-        return cls(AutoencoderKL.from_pretrained(root, subfolder=sub, torch_dtype=dtype, local_files_only=True))
+        component_config(root, sub, "_class_name", ("AutoencoderKL",))
+        try:
+            return cls(AutoencoderKL.from_pretrained(root, subfolder=sub, torch_dtype=dtype, local_files_only=True))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise load_error(root / (sub or ""), "AutoencoderKL", e) from None
 
     @torch.no_grad()
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:

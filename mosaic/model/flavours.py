@@ -41,7 +41,7 @@ FLAVOURS: dict[str, Flavour] = {
                          num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
                          guidance_embeds=True, axes_dims_rope=(8, 12, 12)),
         codec=dict(kind="pixel", downsample=4, patch=2),
-        text=dict(kind="hashed", max_length=24, dim=64, pooled_dim=64),
+        text=dict(kind="hashed", max_length=32, dim=64, pooled_dim=64),  # K = 6 prompts: <= 30 words
         max_refs=4,
     ),
     "debug": Flavour(

@@ -11,11 +11,18 @@ code of the word's position is added so word order is visible (FLUX gives text t
 position). The sequence is truncated/zero-padded to `max_length`; pooled is the mean of a second
 set of hashed word vectors. An empty prompt (text dropout) encodes to zeros. The tiny base
 transformer learns its `context_embedder` on top of these fixed features.
+
+A prompt longer than the encoder's limit is truncated, as FLUX itself truncates T5 at 512 tokens
+(and CLIP at 77): the words past the limit are not seen. Nothing is dropped silently: each
+encoder counts the prompts it truncated in `.truncated`, logs a warning on the first, and
+`overflow(prompt)` says whether and how a prompt would be cut (`mosaic data validate --flavour`
+uses it to list every such prompt of a dataset).
 """
 from __future__ import annotations
 
 import math
 import os
+import logging
 import re
 import zlib
 
@@ -24,9 +31,28 @@ import torch
 from .flavours import Flavour, get_flavour
 
 
-class HashedWordEncoder:
+class _CountsTruncation:
+    """`.truncated` counts the encoded prompts that `overflow` says are cut; the first one warns."""
+
+    truncated = 0
+
+    def overflow(self, prompt: str) -> str | None:
+        raise NotImplementedError
+
+    def _count_truncated(self, prompts: list[str]) -> None:
+        for p in prompts:
+            over = self.overflow(p)
+            if over:
+                if not self.truncated:
+                    logging.getLogger(__name__).warning(f"{type(self).__name__}: prompt truncated ({over}): {p!r}; "
+                                                        f"later truncations are counted in .truncated")
+                self.truncated += 1
+
+
+class HashedWordEncoder(_CountsTruncation):
     def __init__(self, max_length: int, dim: int, pooled_dim: int, seed: int = 0):
         self.max_length, self.dim, self.pooled_dim, self.seed = max_length, dim, pooled_dim, seed
+        self.truncated = 0
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
         pos = torch.arange(max_length)[:, None].float()
         freq = torch.exp(-math.log(1e4) * torch.arange(0, dim, 2).float() / dim)
@@ -45,8 +71,13 @@ class HashedWordEncoder:
             self._cache[key] = torch.randn(dim, generator=g)
         return self._cache[key]
 
+    def overflow(self, prompt: str) -> str | None:
+        n = len(self.words(prompt))
+        return f"{n} words, the encoder keeps the first {self.max_length}" if n > self.max_length else None
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        self._count_truncated(prompts)
         text = torch.zeros(len(prompts), self.max_length, self.dim)
         pooled = torch.zeros(len(prompts), self.pooled_dim)
         for b, prompt in enumerate(prompts):
@@ -58,7 +89,33 @@ class HashedWordEncoder:
         return text, pooled
 
 
-class T5ClipEncoder:
+class PromptTokens(_CountsTruncation):
+    """Token counts of FLUX.1-dev's two tokenizers (T5 for the sequence, CLIP for the pooled vector), without
+    the encoder weights: enough to tell which prompts would be truncated."""
+
+    def __init__(self, weights: str | os.PathLike, max_length: int = 512):
+        from transformers import CLIPTokenizer, T5TokenizerFast
+
+        from .weights import locate
+
+        self.max_length, self.truncated = max_length, 0
+        self.clip, self.t5 = (cls.from_pretrained(locate(weights, sub)[0], subfolder=sub, local_files_only=True)
+                              for sub, cls in (("tokenizer", CLIPTokenizer), ("tokenizer_2", T5TokenizerFast)))
+
+    def overflow(self, prompt: str) -> str | None:
+        return _t5_clip_overflow(self.clip, self.t5, self.max_length, prompt)
+
+
+def _t5_clip_overflow(clip, t5, t5_limit: int, prompt: str) -> str | None:
+    cut = []
+    for name, tok, limit in (("T5", t5, t5_limit), ("CLIP", clip, clip.model_max_length)):
+        n = len(tok(prompt).input_ids)  # with the special tokens, as FluxPipeline.encode_prompt counts them
+        if n > limit:
+            cut.append(f"{name} {n} tokens, keeps {limit}")
+    return "; ".join(cut) or None
+
+
+class T5ClipEncoder(_CountsTruncation):
     """FLUX.1-dev text encoders (T5-XXL sequence + CLIP-L pooled) from local weights only."""
 
     def __init__(self, weights: str | os.PathLike, max_length: int = 512, dtype: torch.dtype = torch.bfloat16,
@@ -66,25 +123,35 @@ class T5ClipEncoder:
         from diffusers import FluxPipeline
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        from .weights import locate
+        from .weights import component_config, load_error, locate
 
         parts = {}
+        model_types = {"text_encoder": ("clip_text_model",), "text_encoder_2": ("t5",)}
         for sub, cls in (("text_encoder", CLIPTextModel), ("tokenizer", CLIPTokenizer),
                          ("text_encoder_2", T5EncoderModel), ("tokenizer_2", T5TokenizerFast)):
             root, found = locate(weights, sub)
             if found is None:
                 raise FileNotFoundError(f"text encoder weights not found: {root / sub}")
             kw = {"torch_dtype": dtype} if sub.startswith("text_encoder") else {}
-            parts[sub] = cls.from_pretrained(root, subfolder=sub, local_files_only=True, **kw)
+            if sub in model_types:
+                component_config(root, sub, "model_type", model_types[sub])
+            try:
+                parts[sub] = cls.from_pretrained(root, subfolder=sub, local_files_only=True, **kw)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise load_error(root / sub, cls.__name__, e) from None
             if sub.startswith("text_encoder"):
                 parts[sub] = parts[sub].to(device).eval().requires_grad_(False)
         self.pipe = FluxPipeline(scheduler=None, vae=None, transformer=None, **parts)
-        self.max_length = max_length
+        self.max_length, self.truncated = max_length, 0
         self.dim = parts["text_encoder_2"].config.d_model
         self.pooled_dim = parts["text_encoder"].config.hidden_size
 
+    def overflow(self, prompt: str) -> str | None:
+        return _t5_clip_overflow(self.pipe.tokenizer, self.pipe.tokenizer_2, self.max_length, prompt)
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        self._count_truncated(prompts)
         text, pooled, _ = self.pipe.encode_prompt(list(prompts), prompt_2=None, max_sequence_length=self.max_length)
         return text, pooled
 
@@ -102,3 +169,15 @@ def build_text_encoder(flavour: str | Flavour, weights: str | os.PathLike | None
                                     "folder (with text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/)")
         return T5ClipEncoder(weights, max_length=cfg["max_length"], **kwargs)
     raise ValueError(f"unknown text encoder kind {kind!r}")
+
+
+def prompt_checker(flavour: str | Flavour, weights: str | os.PathLike | None = None):
+    """An object with `overflow(prompt)` for the flavour's text encoder, as light as possible: the hashed
+    encoder itself, or only the FLUX tokenizers (no encoder weights) for `t5-clip`."""
+    fl = get_flavour(flavour)
+    if fl.text["kind"] == "t5-clip":
+        if weights is None:
+            raise FileNotFoundError(f"flavour {fl.name!r}: counting T5/CLIP tokens needs its tokenizers: pass the "
+                                    "local diffusers FLUX folder (with tokenizer/ and tokenizer_2/)")
+        return PromptTokens(weights, fl.text["max_length"])
+    return build_text_encoder(fl)

@@ -8,6 +8,7 @@ timestep-0 modulation on reference tokens only, references isolated from each ot
 """
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -175,7 +176,11 @@ class MosaicTransformer(torch.nn.Module):
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        self.transformer.save_pretrained(tmp)
+        try:
+            self.transformer.save_pretrained(tmp)
+        except BaseException:  # e.g. a full disk: no partial folder is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -184,16 +189,21 @@ class MosaicTransformer(torch.nn.Module):
 
 def load_transformer(flavour: Flavour, weights: str | os.PathLike, dtype: torch.dtype) -> FluxTransformer2DModel:
     """Pretrained transformer from a local folder or the local HF cache; its config must match the flavour."""
-    from .weights import locate
+    from .weights import component_config, load_error, locate
 
     root, sub = locate(weights, "transformer")
-    tr = FluxTransformer2DModel.from_pretrained(root, subfolder=sub, torch_dtype=dtype, local_files_only=True)
-    for key, want in flavour.transformer.items():
-        got = tr.config[key]
+    folder = root / (sub or "")
+    cfg = component_config(root, sub, "_class_name", ("FluxTransformer2DModel",))
+    defaults = inspect.signature(FluxTransformer2DModel.__init__).parameters
+    for key, want in flavour.transformer.items():  # checked before loading: no model of the wrong size is built
+        got = cfg[key] if key in cfg else defaults[key].default  # diffusers fills absent keys with the defaults
         if (tuple(got) if isinstance(got, list) else got) != want:
-            raise ValueError(f"{root / (sub or '')}: config.json field {key!r} = {got!r}, but flavour "
+            raise ValueError(f"{folder / 'config.json'}: field {key!r} = {got!r}, but flavour "
                              f"{flavour.name!r} expects {want!r}")
-    return tr
+    try:
+        return FluxTransformer2DModel.from_pretrained(root, subfolder=sub, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise load_error(folder, "FluxTransformer2DModel", e) from None
 
 
 def build_model(flavour: str | Flavour, weights: str | os.PathLike | None = None, lora: LoraSpec | None = LoraSpec(),

@@ -20,7 +20,7 @@ rule mlflow_log:
         ENV
     params:
         tags=lambda wc: log_tags(wc.study, wc.source),
-        run=lambda wc, input: f"--train {input.run}" if "run" in input.keys() else "",
+        run=lambda wc, input: f"--train {run_dir(input.run)}" if "run" in input.keys() else "",
         generation=GENERATION,
         store=lambda wc, output: output[0].split("/logged/")[0],  # the marker lives inside the store folder
         script=f"{SCRIPTS}/mlflow_log.py",
@@ -32,7 +32,7 @@ rule mlflow_log:
 
 rule mlflow_log_shared:
     input:
-        lambda wc: f"{R}/runs/base" if wc.name == "base" else f"{R}/evaluators",
+        lambda wc: f"{R}/runs/base/{DONE}" if wc.name == "base" else f"{R}/evaluators",
     output:
         f"{LOGGED}/shared/{{name}}.json",
     log:
@@ -42,7 +42,7 @@ rule mlflow_log_shared:
     wildcard_constraints:
         name="base|evaluators",
     params:
-        what=lambda wc, input: f"--train {input[0]}" if wc.name == "base" else f"--evaluators {input[0]}",
+        what=lambda wc, input: f"--train {run_dir(input[0])}" if wc.name == "base" else f"--evaluators {input[0]}",
         tags=lambda wc: json.dumps({"study": SHARED_EXPERIMENT, "method": wc.name}),
         experiment=SHARED_EXPERIMENT,
         generation=GENERATION,

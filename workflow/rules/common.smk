@@ -139,8 +139,24 @@ def dataset(split):
     return f"{R}/data/{DATA_KIND}/{split}"
 
 
+DONE = "done.json"  # a training's Snakemake output: the marker its run folder is finished (train.smk)
+
+
+def run_dir(marker):
+    """The run folder of a training's marker."""
+    return os.path.dirname(str(marker))
+
+
+VALIDATED = ".validated.txt"
+
+
 def validated(split):
-    return f"{R}/data/{DATA_KIND}/{split}.validated.txt"
+    return f"{R}/data/{DATA_KIND}/{split}{VALIDATED}"
+
+
+def data_dirs(input):
+    """The dataset folders behind a job's validation markers (a training digests them: train.smk)."""
+    return [str(f).removesuffix(VALIDATED) for f in input if str(f).endswith(VALIDATED)]
 
 
 def source_of(row):
@@ -294,7 +310,7 @@ def log_inputs(wc):
     study = config["studies"][wc.study]
     out = {"evals": [eval_dir(wc.source, e) for e in study["evalsets"]]}
     if not wc.source.startswith("official/"):
-        out["run"] = f"{R}/runs/{wc.source}"
+        out["run"] = f"{R}/runs/{wc.source}/{DONE}"
     return out
 
 

@@ -6,7 +6,7 @@
 
 rule sample:
     input:
-        run=f"{R}/runs/{TRAIN_PATTERN}",
+        run=f"{R}/runs/{TRAIN_PATTERN}/{DONE}",
         data=sample_inputs,
     output:
         directory(f"{R}/samples/{TRAIN_PATTERN}/evalset~{{evalset}}"),
@@ -20,11 +20,12 @@ rule sample:
     resources:
         gpu=min(1, config["training"]["gpus"]),
     params:
+        run=lambda wc, input: run_dir(input.run),
         source=lambda wc: sample_source(wc.evalset),
         seeds=lambda wc: " ".join(map(str, EVALSETS[wc.evalset]["seeds"])),
         steps=lambda wc: EVALSETS[wc.evalset]["steps"],
         mechanism=lambda wc: "--mechanism" if EVALSETS[wc.evalset]["mechanism"] else "",
         script=f"{SCRIPTS}/sample.py",
     shell:
-        "OMP_NUM_THREADS={threads} python {params.script} --run {input.run} {params.source} --seeds {params.seeds}"
+        "OMP_NUM_THREADS={threads} python {params.script} --run {params.run} {params.source} --seeds {params.seeds}"
         " --steps {params.steps} {params.mechanism} --out {output} > {log} 2>&1"

@@ -2,6 +2,9 @@
 # then one LoRA per (method, ktrain, seed) of the grid. A controlled baseline trains here too, with
 # its own settings and extension (baselines.controlled). Each run folder holds its own MLflow
 # store (the per-step metrics); the mlflow_log jobs copy it into results/mlflow/.
+# Pre-emption: a job's output is the marker <run>/done.json, written last, not the run folder, which
+# Snakemake would delete with a failed job's outputs; so a killed training, rerun, resumes from its
+# last checkpoint into the same MLflow run (workflow/scripts/train.py).
 # GPUs: resources gpu (the SLURM profile sets it); more than one -> training.launch (torchrun).
 
 if BASE:
@@ -10,7 +13,7 @@ if BASE:
         input:
             validated(f"train_k{config['data']['train']['k_max']}"),
         output:
-            directory(f"{R}/runs/base"),
+            f"{R}/runs/base/{DONE}",
         log:
             log_file("train", "base"),
         benchmark:
@@ -23,20 +26,21 @@ if BASE:
             gpu=config["training"]["gpus"],
         params:
             sets=base_overrides(),
+            data=lambda wc, input: data_dirs(input),
             launch=lambda wc, resources: launcher(resources),
             script=f"{SCRIPTS}/train.py",
         shell:
-            "OMP_NUM_THREADS={threads} {params.launch} {params.script} --out {output} --set {params.sets:q}"
-            " > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {params.launch} {params.script} --out {output} --inputs {input} {params.data}"
+            " --set {params.sets:q} > {log} 2>&1"
 
 
 rule train:
     input:
         data=lambda wc: validated(f"train_k{wc.ktrain}"),
         val=validated("val"),
-        base=f"{R}/runs/base" if BASE else [],
+        base=f"{R}/runs/base/{DONE}" if BASE else [],
     output:
-        directory(f"{R}/runs/{TRAIN_PATTERN}"),
+        f"{R}/runs/{TRAIN_PATTERN}/{DONE}",
     log:
         log_file("train", TRAIN_PATTERN),
     benchmark:
@@ -48,9 +52,10 @@ rule train:
         gpu=config["training"]["gpus"],
     params:
         sets=lambda wc: train_overrides(wc.method, wc.ktrain, wc.seed),
+        data=lambda wc, input: data_dirs(input),
         baseline=lambda wc: f"--baseline {b}" if (b := METHODS[wc.method].get("baseline")) else "",
         launch=lambda wc, resources: launcher(resources),
         script=f"{SCRIPTS}/train.py",
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} {params.script} --out {output} {params.baseline}"
-        " --set {params.sets:q} > {log} 2>&1"
+        " --inputs {input} {params.data} --set {params.sets:q} > {log} 2>&1"

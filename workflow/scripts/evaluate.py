@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     from mosaic.figures import sample_sheet
+    from mosaic.tracking import git_sha, package_versions
 
     tmp = args.out.parent / f".{args.out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -106,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                    "sample.seeds": json.dumps(sorted({rec.get("seed") for rec in lines})),
                    "metrics.config": json.dumps({k: cfg[k] for k in sorted(cfg)})[:6000]},
         "tags": {**tags, "evalset": args.evalset, "benchmark": args.benchmark, "scenario": args.scenario,
-                 "n": str(args.n) if args.n is not None else "", "samples_dir": str(args.samples.resolve())},
+                 "n": str(args.n) if args.n is not None else "", "samples_dir": str(args.samples.resolve()),
+                 "sample_seeds": ",".join(str(s) for s in sorted({rec.get("seed") for rec in lines})),
+                 "git_sha": git_sha(Path(__file__).parent),
+                 **{f"version.{k}": v for k, v in package_versions().items()}},
         "artifacts": artifacts,
     }
     (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))

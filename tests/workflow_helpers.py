@@ -1,0 +1,45 @@
+"""Running the Snakemake workflow in tests: the micro config (the tiny profile shrunk to seconds per
+job, two loss variants x two seeds) in a temporary working directory."""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = yaml.safe_load((ROOT / "workflow" / "config" / "tiny.yaml").read_text())
+
+
+def micro_config() -> dict:
+    c = copy.deepcopy(TINY)
+    c["benchmarks"] = str(ROOT.parent / "shared" / "benchmarks")
+    c["data"].update(train={"n": 24, "k_min": 1, "k_max": 2}, val={"n": 4, "k_min": 2, "k_max": 2}, test={"n": 2},
+                     preview={"n": 2})
+    c["training"]["base"] = {"train.steps": 8}
+    c["training"]["lora"].update({"train.steps": 6, "eval.max_samples": 2, "eval.timesteps": [0.5]})
+    c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic")}
+    c["evalsets"] = {"heldout": {"k": [2], "seeds": [0], "steps": 2, "metrics": ["CLIP-I", "CLIP-T", "DINO"]}}
+    c["metrics"] = {"evaluators": {"clip_steps": 4, "dino_steps": 2, "n_train": 12, "seed": 0}, "config": {}}
+    c["studies"] = {"ablation": {"methods": ["none", "mosaic"], "ktrain": [2], "seeds": [0, 1],
+                                 "evalsets": ["heldout-k2"]}}
+    return c
+
+
+def snakemake_cmd(workdir: Path, config: Path, *args) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+            "--configfile", str(config), "--cores", "2", "--workflow-profile", "none", *args]
+
+
+def snakemake(workdir: Path, config: Path, *args, check=True, env=None):
+    p = subprocess.run(snakemake_cmd(workdir, config, *args), capture_output=True, text=True, env=env)
+    if check and p.returncode != 0:
+        logs = "\n".join(f"== {f}\n{f.read_text()[-1500:]}" for f in (workdir / "results" / "logs").rglob("*.log"))
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stderr[-4000:]}\n{logs[-6000:]}")
+    return p.stdout + p.stderr
+
+
+def write_config(folder: Path, cfg: dict, name: str = "micro.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
