@@ -1,4 +1,5 @@
-"""Tiny-world evaluators: trained here (shortened), they separate unseen test identities, and the
+"""Tiny-world evaluators: trained here (the profile's CLIP, a shortened DINO), they separate unseen
+test identities (recoloured training subjects never become one), and the
 metrics built on them behave: CLIP-I's minimum drops when a subject is painted out, IP-Sim with
 ground-truth masks prefers the right subject."""
 import json
@@ -9,8 +10,9 @@ from PIL import Image
 
 from metrics.evaluate import evaluate, image_summary
 from metrics.manifest import Item, RefInput
-from metrics.tiny_world import roc_auc, train_evaluators
-from mosaic.data.synthetic import BACKGROUNDS, generate_sample
+from metrics.tiny_world import _recolour, captions, clip_canvases, held_out_combinations, recoloured, roc_auc, \
+    train_evaluators
+from mosaic.data.synthetic import BACKGROUNDS, generate_sample, identities
 
 
 def test_roc_auc_matches_pairwise_definition():
@@ -21,21 +23,41 @@ def test_roc_auc_matches_pairwise_definition():
     assert roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
 
 
+def test_recolouring_never_makes_a_held_out_identity_and_keeps_the_texture():
+    import torch
+
+    keys, phrases = exclude = held_out_combinations()
+    test = identities("test")
+    assert {(i.shape, i.pattern, i.primary, i.secondary) for i in test} <= keys and {i.phrase for i in test} <= phrases
+    gen = torch.Generator().manual_seed(0)
+    c = next(c for c in clip_canvases("train", 3, 0) if len(c.subjects) == 3)  # a 3-subject scene
+    made = [n for s in c.subjects for _ in range(300) if (n := recoloured(s, exclude, gen))]
+    assert len(made) > 600 and all(n["primary"] != n["secondary"] for n in made)  # most draws are allowed
+    assert not any((n["shape"], n["pattern"], n["primary"], n["secondary"]) in keys or captions(n)[0] in phrases
+                   for n in made)
+    img, mask, s = torch.from_numpy(c.image).permute(2, 0, 1).float() / 255, torch.from_numpy(c.masks[0]), c.subjects[0]
+    new = next(n for n in made if n["shape"] == s["shape"] and n["pattern"] == s["pattern"])
+    out = _recolour(img, mask, s, new)
+    assert torch.equal(out[:, ~mask], img[:, ~mask]) and not torch.equal(out, img)
+    assert torch.allclose(_recolour(out, mask, new, s), img, atol=1.5 / 255)  # and back: the texture survives
+
+
 @pytest.fixture(scope="module")
 def evaluators(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "evaluators"
-    # shortened from the defaults (600 / 400 steps, 1500 samples) to keep CI time down
-    return train_evaluators(out, clip_steps=400, dino_steps=300, n_train=1000, log=lambda *_: None)
+    # the tiny profile's CLIP (1200 steps, 1500 samples: the same weights as the workflow's);
+    # DINO shortened from 400 steps to keep CI time down
+    return train_evaluators(out, clip_steps=1200, dino_steps=300, n_train=1500, log=lambda *_: None)
 
 
 @pytest.mark.slow
 def test_evaluators_separate_unseen_test_identities(evaluators):
     v = json.loads((evaluators / "validation.json").read_text())
     assert v["n_identities"] == 40 and v["n_views"] >= 120
-    assert v["dino_auc_all_pairs"] >= 0.9, v  # references and scenes alike
-    assert v["clip_auc_reference_pairs"] >= 0.9, v
-    assert v["clip_auc_reference_vs_scene"] > 0.65, v  # weaker: scene embeddings carry the background
-    assert v["clip_caption_top1"] >= 3 * v["clip_caption_top1_chance"], v
+    for model in ("clip", "dino"):  # the issue's bar; reference-vs-scene is what CLIP-I and DINO compare
+        for pairs in ("all_pairs", "reference_pairs", "reference_vs_scene"):
+            assert v[f"{model}_auc_{pairs}"] >= 0.9, (model, pairs, v)
+    assert v["clip_caption_top1"] >= 5 * v["clip_caption_top1_chance"], v
     cfg = json.loads((evaluators / "metrics_config.json").read_text())
     assert cfg["clip_i"]["world"] == cfg["dino"]["world"] == "tiny"
 
