@@ -204,10 +204,11 @@ def dataset_requests(root: str | os.PathLike) -> list[Request]:
 
 
 def benchmark_requests(benchmark: str, scenario: str, root: str | os.PathLike | None = None) -> list[Request]:
-    """The runnable entries of a benchmark (mosaic.data.benchmarks); skipped ones are reported, not run."""
+    """The runnable entries of a benchmark (mosaic.data.benchmarks); skipped ones are reported, not run.
+    Reference paths are absolute: the output manifest resolves relative paths against its own folder."""
     from .data.benchmarks import load_benchmark
 
-    bs = load_benchmark(benchmark, scenario, root)
+    bs = load_benchmark(benchmark, scenario, Path(root).resolve() if root is not None else None)
     print(bs.summary())
     return [Request(e.id, e.prompt, list(e.references), list(e.subjects), entry=e) for e in bs.entries]
 

@@ -2,6 +2,8 @@
 `mosaic sample` on a trained debug run writing a manifest that `metrics.manifest` reads."""
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +112,18 @@ def test_mosaic_sample_writes_images_maps_and_a_manifest_metrics_reads(run, tmp_
 def test_missing_run_files_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         Sampler.from_run(tmp_path)
+
+
+def test_benchmark_manifest_references_resolve_from_the_manifest(tmp_path, monkeypatch):
+    """A benchmark root given relative to the working directory (the workflow's `../shared/benchmarks`)
+    still gives reference paths that the written manifest resolves from its own folder."""
+    from mosaic.sample import benchmark_requests, write_outputs
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+    monkeypatch.chdir(shared.parent.parent)
+    root = os.path.relpath(shared)
+    requests = benchmark_requests("xversebench", "multi", root)[:1]
+    out = write_outputs(lambda req, seed: (np.zeros((8, 8, 3), np.uint8), None), requests, [0], tmp_path / "s",
+                        "m", {}, {})
+    item = read_items(out / "manifest.jsonl")[0]
+    assert item.references and all(Path(r.image).is_file() for r in item.references)
