@@ -48,6 +48,11 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def provenance() -> dict[str, str]:
+    """The tags every run carries: this checkout's git sha and the package versions ("version.<name>")."""
+    return {"git_sha": git_sha(Path(__file__).parent), **{f"version.{k}": v for k, v in package_versions().items()}}
+
+
 def resolve_tracking_uri(uri: str | None, output_dir: Path) -> str:
     """Config value, else $MLFLOW_TRACKING_URI, else an sqlite store inside the output folder."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"

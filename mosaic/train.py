@@ -624,9 +624,9 @@ def start_logger(cfg: Config, out: Path, step: int, world: int, device: torch.de
     logger = tracking.RunLogger(tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, out),
                                 cfg.tracking.experiment, out)
     tags = {"variant": cfg.variant, "profile": cfg.profile, "mode": cfg.train.mode, "flavour": cfg.model.flavour,
-            "git_sha": tracking.git_sha(Path(__file__).parent), "seed": str(cfg.train.seed), "world_size": str(world),
+            "seed": str(cfg.train.seed), "world_size": str(world),
             "device": device.type, "precision": "bf16" if bf16 else "fp32",
-            **{f"version.{k}": v for k, v in tracking.package_versions().items()}}
+            **tracking.provenance()}
     logger.start(cfg.tracking.run_name or cfg.variant, flatten(cfg), tags, step)
     logger.log_artifact(out / "config.yaml")
     return logger

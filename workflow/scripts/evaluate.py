@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     from mosaic.figures import sample_sheet
-    from mosaic.tracking import git_sha, package_versions
+    from mosaic.tracking import provenance
 
     tmp = args.out.parent / f".{args.out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -101,16 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     method = lines[0].get("method", "")
     sample_sheet(args.samples, tmp / "sheet.png", n=4, title=f"{method} on {args.evalset}")
     settings = lines[0].get("meta", {}).get("settings", {})
+    seeds = sorted({rec.get("seed") for rec in lines})
     record = {
         "metrics": metrics,
         "params": {**{f"sample.{k}": v for k, v in settings.items()},
-                   "sample.seeds": json.dumps(sorted({rec.get("seed") for rec in lines})),
+                   "sample.seeds": json.dumps(seeds),
                    "metrics.config": json.dumps({k: cfg[k] for k in sorted(cfg)})[:6000]},
         "tags": {**tags, "evalset": args.evalset, "benchmark": args.benchmark, "scenario": args.scenario,
                  "n": str(args.n) if args.n is not None else "", "samples_dir": str(args.samples.resolve()),
-                 "sample_seeds": ",".join(str(s) for s in sorted({rec.get("seed") for rec in lines})),
-                 "git_sha": git_sha(Path(__file__).parent),
-                 **{f"version.{k}": v for k, v in package_versions().items()}},
+                 "sample_seeds": ",".join(map(str, seeds)), **provenance()},
         "artifacts": artifacts,
     }
     (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))

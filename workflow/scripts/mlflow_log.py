@@ -44,13 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         record = {"metrics": {k: v for k, v in validation.items() if isinstance(v, (int, float))},
                   "params": {k: v for k, v in validation.items() if not isinstance(v, (int, float))},
                   "artifacts": ["validation.json", "metrics_config.json"]}
-        from mosaic.tracking import git_sha, package_versions
+        from mosaic.tracking import provenance  # this checkout: the one that trained them
 
-        provenance = {"git_sha": git_sha(Path(__file__).parent),  # this checkout: the one that trained them
-                      **{f"version.{k}": v for k, v in package_versions().items()}}
         marker["train_run_id"] = ms.log_record(uri, args.experiment, f"evaluators:{args.evaluators}",
                                                "tiny-world evaluators", record, args.evaluators,
-                                               {**tags, **provenance, "kind": "evaluators"})
+                                               {**tags, **provenance(), "kind": "evaluators"})
     for folder in args.evals:
         record = json.loads((folder / "record.json").read_text())
         link = {"train_run_id": marker["train_run_id"] or "", "kind": "eval", "eval_dir": str(folder.resolve())}
