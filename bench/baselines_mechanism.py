@@ -58,12 +58,12 @@ def mechanism(run: Path, val: Path) -> dict[str, float]:
     return results
 
 
-def reference_shares(val: Path) -> dict[str, tuple[float, float]]:
-    """(leakage, own share) of two attention-free maps on a val split, with mosaic.mechanism's definitions:
+def reference_shares(val: Path) -> dict[str, tuple[float, float, float]]:
+    """(leakage, own share, subject leakage) of two attention-free maps on a val split, with mosaic.mechanism's definitions:
     a map uniform over the target, and a map uniform over the union of all subjects' masks (it attends to
     "the foreground", to no subject in particular). A method is subject-specific where it beats the second."""
     from mosaic.data.dataset import collate
-    from mosaic.mechanism import mask_shares
+    from mosaic.mechanism import mask_shares, subject_leakage
     from mosaic.model import build_codec
     from mosaic.train import load_dataset
 
@@ -75,7 +75,7 @@ def reference_shares(val: Path) -> dict[str, tuple[float, float]]:
     out = {}
     for name, a in (("uniform", torch.ones(masks.shape)), ("foreground", fg)):
         leak, own = mask_shares(a, masks, b["ref_mask"], valid)
-        out[name] = (float(leak.mean()), float(own.mean()))
+        out[name] = (float(leak.mean()), float(own.mean()), float(subject_leakage(leak, own).mean()))
     return out
 
 
@@ -92,6 +92,15 @@ def image_metrics(run: Path, val: Path, evaluators: Path, n: int, steps: int, ou
     agg = pd.read_csv(evaluate_folder(folder, cfg) / AGGREGATE)
     agg = agg[agg.statistic.str.startswith("mean over (image") | agg.statistic.eq("mean over images")]
     return {f"img/{m}": float(v) for m, v in zip(agg.metric, agg.value)}
+
+
+def cached(path: Path, compute) -> dict[str, float]:
+    """The JSON at `path`, or compute() written there (atomically) first."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(compute(), indent=2))
+        tmp.replace(path)
+    return json.loads(path.read_text())
 
 
 def main() -> None:
@@ -140,14 +149,11 @@ def main() -> None:
                 train(method_config(method, [*common, f"model.weights={base / 'transformer'}", f"train.seed={seed}",
                                              f"train.steps={args.steps}", f"train.output_dir={run}"]))
             for k, val in vals.items():
-                cache = run / f"mechanism-k{k}.json"
-                if not cache.exists():
-                    res = mechanism(run, val)
-                    if args.evaluators:
-                        res.update(image_metrics(run, val, args.evaluators, args.n_images, args.sample_steps,
-                                                 run / f"samples-k{k}"))
-                    cache.write_text(json.dumps(res, indent=2))
-                results[method][k].append(json.loads(cache.read_text()))
+                res = cached(run / f"mechanism-k{k}.json", lambda: mechanism(run, val))
+                if args.evaluators:
+                    res.update(cached(run / f"images-k{k}.json", lambda: image_metrics(
+                        run, val, args.evaluators, args.n_images, args.sample_steps, run / f"samples-k{k}")))
+                results[method][k].append(res)
             print(f"{method} seed {seed}: {time.monotonic() - t1:.0f}s")
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -160,17 +166,18 @@ def main() -> None:
     print(f"\ntiny world: base {args.base_steps} steps, each method {args.steps} steps (lr {args.lr}, batch "
           f"{args.batch_size}, train K 1..6, {args.n_train} samples), {args.seeds} seeds, {args.n_val} val samples "
           f"per K; mean +- std over seeds, in %; total {time.monotonic() - t0:.0f}s")
-    keys = [("mech/alignment_acc", "align"), ("mech/leakage", "leak"), ("mech/own_share", "own")]
+    keys = [("mech/alignment_acc", "align"), ("mech/leakage", "leak"), ("mech/own_share", "own"),
+            ("mech/subject_leakage", "subj.leak")]
     if args.evaluators:
         keys += [("img/CLIP-I", "CLIP-I"), ("img/DINO", "DINO"), ("img/CLIP-T", "CLIP-T")]
-    print("method".ljust(12) + "".join(f"{name} K={k}".rjust(13) for _, name in keys for k in KS))
+    print("method".ljust(12) + "".join(f"{name} K={k}".rjust(15) for _, name in keys for k in KS))
     for method, by_k in results.items():
-        print(method.ljust(12) + "".join(cell(by_k[k], key, 100 if key.startswith("mech") else 1).rjust(13)
+        print(method.ljust(12) + "".join(cell(by_k[k], key, 100 if key.startswith("mech") else 1).rjust(15)
                                          for key, _ in keys for k in KS))
     refs = {k: reference_shares(val) for k, val in vals.items()}
     for name in ("uniform", "foreground"):
-        print(f"({name})".ljust(12) + "-".rjust(13) * len(KS)
-              + "".join(f"{100 * refs[k][name][i]:5.1f}".rjust(13) for i in (0, 1) for k in KS))
+        print(f"({name})".ljust(12) + "-".rjust(15) * len(KS)
+              + "".join(f"{100 * refs[k][name][i]:5.1f}".rjust(15) for i in (0, 1, 2) for k in KS))
     print("(uniform): a map uniform over the target; (foreground): uniform over the union of all subjects' masks. "
           "Chance alignment accuracy (a uniformly random argmax on the 12x12 grid) is at most 9/144 = 6%.")
 

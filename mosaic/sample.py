@@ -24,7 +24,8 @@ Output folder (written under a temporary name, renamed when complete):
                                       sampling steps; softmax over target keys), scaled to its
                                       maximum, upsampled to the image size
     manifest.jsonl                    one line per image in the format of `metrics.manifest`
-                                      (the `mosaic eval` input), with meta.model and meta.settings
+                                      (the `mosaic eval` input), with meta.model, meta.settings and
+                                      meta.prompt_truncated (null, or why the text encoder cut it)
 """
 from __future__ import annotations
 
@@ -227,11 +228,13 @@ def manifest_record(req: Request, image: str, method: str, seed: int) -> dict[st
 
 
 def write_outputs(generate, requests: list[Request], seeds: list[int], out: str | os.PathLike, method: str,
-                  info: dict[str, Any], settings: dict[str, Any], overwrite: bool = False) -> Path:
+                  info: dict[str, Any], settings: dict[str, Any], overwrite: bool = False,
+                  request_meta=None) -> Path:
     """Generate every (request, seed) into `out` (see the module docstring); returns `out`.
 
     generate(request, seed) -> (uint8 image [H, W, 3], attention maps [K, th, tw] or None);
-    `info` and `settings` go into every manifest line's meta (model identity, sampler settings).
+    `info` and `settings` go into every manifest line's meta (model identity, sampler settings), and
+    so does request_meta(request) if given (e.g. whether the text encoder cut the prompt).
     """
     from PIL import Image
 
@@ -250,7 +253,7 @@ def write_outputs(generate, requests: list[Request], seeds: list[int], out: str 
             img, maps = generate(req, seed)
             Image.fromarray(img).save(tmp / "images" / f"{name}.png")
             rec = manifest_record(req, f"images/{name}.png", method, seed)
-            meta = {"model": info, "settings": settings}
+            meta = {"model": info, "settings": settings, **(request_meta(req) if request_meta else {})}
             if maps is not None:
                 (tmp / "attention").mkdir(exist_ok=True)
                 meta["attention_maps"] = [_save_map(m, tmp / "attention" / f"{name}_ref{j}.png", img.shape[:2])
@@ -275,8 +278,11 @@ def sample_run(run: str | os.PathLike, requests: list[Request], seeds: list[int]
 
     def generate(req: Request, seed: int):
         return s.generate(req.prompt, req.references, seed, steps, guidance, req.phrases or None, attention)
+
+    def truncation(req: Request) -> dict[str, Any]:  # the text encoder keeps only its first max_length tokens
+        return {"prompt_truncated": s.text_encoder.overflow(req.prompt)}
     return write_outputs(generate, requests, seeds, out, method or s.info.get("variant", ""), s.info, settings,
-                         overwrite)
+                         overwrite, truncation)
 
 
 def sample_baseline(name: str, requests: list[Request], seeds: list[int], out: str | os.PathLike,

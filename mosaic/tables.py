@@ -35,9 +35,12 @@ def load_runs(tracking_uri: str, experiment: str, kind: str = "eval") -> pd.Data
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    from mosaic import retry
+
+    retry.client(tracking_uri)  # opens the store with the retry settings (busy timeout, locked-open retries)
     mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.kind = '{kind}'",
-                              max_results=50000)
+    runs = retry.call(tracking_uri, f"search {kind} runs of {experiment!r}", mlflow.search_runs,
+                      experiment_names=[experiment], filter_string=f"tags.kind = '{kind}'", max_results=50000)
     if runs.empty:
         raise ValueError(f"{tracking_uri}: experiment {experiment!r} has no {kind} runs")
     return runs

@@ -96,6 +96,8 @@ def test_mosaic_sample_writes_images_maps_and_a_manifest_metrics_reads(run, tmp_
         assert it.method == "default"  # the run's variant
         meta = line["meta"]
         assert meta["settings"]["steps"] == 2 and meta["model"]["run"] == str(run_dir.resolve())
+        # the debug text encoder keeps 8 words: longer prompts are recorded as cut, with the reason
+        assert bool(meta["prompt_truncated"]) == (len(it.prompt.split()) > 8)
         assert len(meta["attention_maps"]) == len(it.references)
         assert all((out / p).is_file() for p in meta["attention_maps"])
     # the same seed through the CLI gives the same image as the library call

@@ -148,3 +148,26 @@ def test_pose_round_trip_and_other_sizes():
         p = r.points
         assert np.array_equal(r.image[p[:, 0], p[:, 1]], s.target[p[:, 2], p[:, 3]])
         assert s.meta["subjects"][0]["ref_pose"]["angle"] == 0 and not s.meta["subjects"][0]["ref_pose"]["flip"]
+
+
+def test_subjects_of_a_sample_are_told_apart_by_colour():
+    """Default: no shared colour while the split allows it (always up to K = 4 on the 40-identity
+    val/test pools), never a shared primary colour; version 1's rule (distinct phrases only) shared
+    colours in many K = 4 samples, which made token-level identity ambiguous."""
+    def colours(s):
+        return [(m["primary"], m["secondary"]) for m in s.meta["subjects"]]
+
+    for split in ("train", "val", "test"):
+        for k in (2, 4):
+            for i in range(20):
+                cs = [c for pair in colours(generate_sample(3, split, i, k)) for c in pair]
+                assert len(set(cs)) == len(cs), (split, k, i)
+        for i in range(10):  # 2K > 10 colours: primaries stay distinct
+            primaries = [p for p, _ in colours(generate_sample(3, split, i, 6))]
+            assert len(set(primaries)) == 6
+    legacy = SyntheticConfig(distinct_colours=False)
+    shared = 0
+    for i in range(20):
+        cs = [c for pair in colours(generate_sample(3, "val", i, 4, legacy)) for c in pair]
+        shared += len(set(cs)) < len(cs)
+    assert shared >= 5  # the old rule allowed it, and it happened often

@@ -112,6 +112,25 @@ def test_log_record_is_idempotent_per_key(store, tmp_path):
         tables.load_runs(uri, "ablation", kind="train")
 
 
+def test_load_runs_retries_a_locked_store(store, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    root, uri = store
+    ms.log_record(uri, "ablation", "eval:a", "a", {"metrics": {"img/CLIP-I": 1.0}}, tmp_path, {"kind": "eval"})
+    real, calls = mlflow.search_runs, []
+
+    def locked_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "search_runs", locked_once)
+    monkeypatch.setenv("MOSAIC_MLFLOW_BACKOFF_S", "0.01")
+    assert len(tables.load_runs(uri, "ablation")) == 1 and len(calls) == 2
+
+
 def test_copy_run_keeps_history_params_and_artifacts(store, tmp_path):
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
