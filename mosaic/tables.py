@@ -3,8 +3,8 @@
 Why it exists: every number in a table must be traceable to the runs it came from. An evaluation
 run holds one cell (one training seed on one evaluation set of n subjects): image metrics
 `img/<metric>` (means over images; labels such as "CLIP-I (tiny-world)" in tags `label/<metric>`)
-and mechanism metrics `mech/alignment_acc`, `mech/leakage` (%). A table row groups cells and
-reports, per metric, the mean, the standard deviation (pandas, ddof=1; NaN for one cell) and a
+and mechanism metrics `mech/alignment_acc`, `mech/leakage`, `mech/subject_leakage` (%). A table row
+groups cells and reports, per metric, the mean, the standard deviation (pandas, ddof=1; NaN for one cell) and a
 "mean ± std" column, plus the MLflow run ids of its evaluation runs and of their trainings.
 With the paper's reported values (../shared/paper/mosaic_reported.csv) a row also carries
 `<metric> paper` and `<metric> gap` (measured - reported) where the paper reports that cell.
@@ -24,8 +24,11 @@ from typing import Any
 import pandas as pd
 
 CHANCE = "leakage at chance (%)"  # the leakage of a uniform attention: the share of other subjects' tokens
+SUBJECT_CHANCE = "subject leakage at chance (%)"  # the same for subject leakage: about (n-1)/n
+CHANCES = {"leakage (%)": CHANCE, "subject leakage (%)": SUBJECT_CHANCE}  # metric -> its chance column
 MECHANISM = {"metrics.mech/alignment_acc": "alignment acc (%)", "metrics.mech/leakage": "leakage (%)",
-             "metrics.mech/leakage_chance": CHANCE}
+             "metrics.mech/leakage_chance": CHANCE, "metrics.mech/subject_leakage": "subject leakage (%)",
+             "metrics.mech/subject_leakage_chance": SUBJECT_CHANCE}
 ORDER = ["CLIP-I", "CLIP-T", "DINO", "HPSv2.1", "HPSv3", "ID-Sim", "IP-Sim"]  # the papers' column order
 PAPER_BENCHMARKS = {"dreambench": "DreamBench", "xversebench": "XVerseBench"}
 
