@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mosaic.config import load_config
 from mosaic.data.dataset import collate
 from mosaic.losses import reference_attention, reference_distributions
 from mosaic.mechanism import mask_shares, subject_leakage
@@ -34,8 +35,6 @@ from mosaic.train import encode_batch, load_dataset
 
 def probe(run: Path, val: Path, t: float, n: int) -> list[dict[str, float]]:
     s = Sampler.from_run(run, "cpu")
-    from mosaic.config import load_config
-
     cfg = load_config(run / "config.yaml")
     ds = load_dataset(str(val), cfg, s.codec, s.model.max_refs)
     b = collate([ds[i] for i in range(min(n, len(ds)))])
@@ -43,8 +42,9 @@ def probe(run: Path, val: Path, t: float, n: int) -> list[dict[str, float]]:
     seen = {}
     xt = (1 - t) * enc.x0 + t * torch.randn(enc.x0.shape, generator=torch.Generator().manual_seed(0))
     nb = len(xt)
+    guidance = torch.full((nb,), s.guidance) if s.model.transformer.config.guidance_embeds else None
     with torch.no_grad():
-        s.model(xt, enc.refs, enc.ref_mask, enc.text, enc.pooled, torch.full((nb,), t), torch.full((nb,), s.guidance),
+        s.model(xt, enc.refs, enc.ref_mask, enc.text, enc.pooled, torch.full((nb,), t), guidance,
                 target_grid=enc.target_grid, ref_grid=enc.ref_grid, attn_hook=lambda i, q, k, lay: seen.update(
                     {i: (q, k, lay)}), **(s.extension.forward_kwargs(s.model, b, b["prompt"], enc) if s.extension else {}))
     content = s.model.transformer.config.axes_dims_rope[0]
