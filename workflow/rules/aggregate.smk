@@ -60,6 +60,8 @@ for _study in STUDIES:
             f"tables_{_study}"
         input:
             study_markers(_study),
+            # the table code itself: a changed table or figure rebuilds the tables (cheap), not the runs
+            code=[f"{SCRIPTS}/tables.py", *(os.path.join(ROOT, "mosaic", f) for f in ("tables.py", "figures.py"))],
         output:
             **{k: table_report(_study, k, p) for k, p in TABLE_OUTPUTS[_study].items()},
         log:
@@ -72,8 +74,7 @@ for _study in STUDIES:
             study=_study,
             generation=GENERATION,
             store=lambda wc, input: input[0].split("/logged/")[0],
-            script=f"{SCRIPTS}/tables.py",
         shell:
-            "python {params.script} {params.study} --store {params.store} --generation {params.generation}"
+            "python {input.code[0]} {params.study} --store {params.store} --generation {params.generation}"
             " --config {params.cfg:q} {params.outs}"
             " > {log} 2>&1"
