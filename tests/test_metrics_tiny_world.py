@@ -1,6 +1,6 @@
 """Tiny-world evaluators: trained here (the profile's CLIP, a shortened DINO), they separate unseen
 test identities (recoloured training subjects never become one), and the
-metrics built on them behave: CLIP-I's minimum drops when a subject is painted out, IP-Sim with
+metrics built on them behave: a subject painted out of a scene scores lowest on CLIP-I, IP-Sim with
 ground-truth masks prefers the right subject."""
 import json
 
@@ -74,10 +74,14 @@ def _write_sample(folder, s, name, target):
 
 
 @pytest.mark.slow
-def test_clip_i_min_drops_when_a_subject_is_painted_out(evaluators, tmp_path):
+def test_painting_a_subject_out_lowers_its_clip_i(evaluators, tmp_path):
+    """CLIP-I compares the whole scene with each reference. Painting subject 1 out of 40 held-out
+    3-subject scenes lowers its score in most scenes, and makes it the scene's lowest-scoring
+    reference (the per-image minimum) far above chance (1/3). The minimum's value drops less
+    reliably: the other subjects' scores rise as the scene's embedding moves to what is left."""
     cfg = json.loads((evaluators / "metrics_config.json").read_text())
     items, painted = [], []
-    for i in range(6):
+    for i in range(40):
         s = generate_sample(5, "test", i, 3)
         out = s.target.copy()
         out[s.masks[1]] = BACKGROUNDS[s.meta["background"]["colour"]]  # subject 1 painted out
@@ -85,11 +89,14 @@ def test_clip_i_min_drops_when_a_subject_is_painted_out(evaluators, tmp_path):
         painted.append(_write_sample(tmp_path, s, f"{s.id}_painted", out))
     table, agg, _ = evaluate(items + painted, cfg, ["CLIP-I"])
     assert (table.label == "CLIP-I (tiny-world)").all()
-    summary = image_summary(table).set_index("id")["min"]
-    drops = [summary[p.id] < summary[f.id] for f, p in zip(items, painted)]
-    assert sum(drops) >= 5, summary
-    lost = table[table.reference == 1].set_index("id").value
-    assert all(lost[p.id] < lost[f.id] for f, p in zip(items, painted))
+    scores = table.pivot(index="id", columns="reference", values="value")
+    full, gone = scores.loc[[f.id for f in items]].to_numpy(), scores.loc[[p.id for p in painted]].to_numpy()
+    drop = full[:, 1] - gone[:, 1]
+    assert (drop > 0).mean() >= 0.75, scores
+    assert drop.mean() > 3 * drop.std(ddof=1) / np.sqrt(len(drop)), drop  # measured: 8 standard errors
+    assert (gone.argmin(1) == 1).mean() >= 0.7, scores
+    summary = image_summary(table).set_index("id")["min"]  # the per-image minimum the tables report
+    assert np.allclose(summary[[p.id for p in painted]].to_numpy(), gone.min(1))
 
 
 @pytest.mark.slow
