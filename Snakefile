@@ -8,8 +8,9 @@
 #
 # Grids (workflow/rules/common.smk): every training is one (method, ktrain, seed) instance of a
 # Paramspace, shared by the studies that use it; every evaluation one (training, evalset).
-# MLflow: one sqlite store under results/mlflow/, created once in `onstart`; the `mlflow_log`
-# jobs (re)log finished trainings and evaluations into it, one experiment per study.
+# MLflow: one sqlite store under results/mlflow/, created once in `onstart` with its generation id
+# (a param of every logging job: a new store reruns them); the `mlflow_log` jobs (re)log finished
+# trainings and evaluations into it, one experiment per study.
 import os
 import sys
 
@@ -41,7 +42,9 @@ include: "workflow/rules/aggregate.smk"
 
 
 onstart:
+    # the first writes of a run, after the DAG is built (parsing writes nothing: common.smk)
     create_store()
+    write_generation()
 
 
 rule all:

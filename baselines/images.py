@@ -25,7 +25,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from mosaic.data.sample import DataError
+from mosaic.runfolder import MANIFEST_FILE, atomic_write
+from mosaic.sample import benchmark_requests, dataset_requests, manifest_record
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 NAME = re.compile(r"^(?P<id>.+)_s(?P<seed>\d+)$")
@@ -42,8 +46,6 @@ class ManifestReport:
 class ImageFolder:
     def __init__(self, folder: str | os.PathLike, benchmark: str | None = None, scenario: str = "multi",
                  dataset: str | os.PathLike | None = None, benchmarks_root: str | os.PathLike | None = None):
-        from mosaic.sample import benchmark_requests, dataset_requests
-
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"{self.folder}: image folder not found")
@@ -70,8 +72,6 @@ class ImageFolder:
             self.images[key] = p
 
     def generate(self, prompt: str, references: list, seed: int, id: str | None = None, **_):
-        from PIL import Image
-
         if id is None:
             if prompt not in self.by_prompt:
                 raise KeyError(f"{self.folder}: no prompt of the list reads {prompt!r}; pass id=")
@@ -82,10 +82,8 @@ class ImageFolder:
         with Image.open(path) as im:
             return im.convert("RGB")
 
-    def write_manifest(self, method: str, name: str = "manifest.jsonl", require_all: bool = False) -> ManifestReport:
+    def write_manifest(self, method: str, name: str = MANIFEST_FILE, require_all: bool = False) -> ManifestReport:
         """Write the manifest of every image found (atomically); see the module docstring."""
-        from mosaic.sample import manifest_record
-
         have = {i for i, _ in self.images}
         missing = [r.id for r in self.requests if r.id not in have]
         if missing and require_all:
@@ -95,8 +93,5 @@ class ImageFolder:
             raise DataError(f"{self.folder}: no image is named <id>_s<seed>.<ext> for an id of the prompt list")
         lines = [json.dumps(manifest_record(self.by_id[i], path.name, method, seed))
                  for (i, seed), path in sorted(self.images.items())]
-        out = self.folder / name
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, out)
+        out = atomic_write(self.folder / name, "\n".join(lines) + "\n")
         return ManifestReport(out, len(lines), missing, list(self.unmatched))

@@ -11,9 +11,9 @@ asked for. Every baseline offers the same call:
 """
 from __future__ import annotations
 
-import importlib
+from mosaic.registry import Registry
 
-BASELINES: dict[str, str] = {
+BASELINES: Registry[type] = Registry("baseline", {
     # controlled re-implementations on the shared backbone (baselines/controlled)
     "omnicontrol": "baselines.controlled.omnicontrol:OmniControl",
     "uno": "baselines.controlled.uno:Uno",
@@ -25,16 +25,13 @@ BASELINES: dict[str, str] = {
     "xverse-official": "baselines.official.xverse:XVerseOfficial",
     # any external system's pre-generated images (baselines/images.py)
     "images": "baselines.images:ImageFolder",
-}
+})
 
 
 def list_baselines() -> list[str]:
-    return list(BASELINES)
+    return BASELINES.names()
 
 
 def get_baseline(name: str) -> type:
     """The baseline class registered as `name` (imported now)."""
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
-    module, _, cls = BASELINES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return BASELINES.get(name)

@@ -12,7 +12,7 @@ held-out val splits with exactly K = 2, 4 and 6 subjects per sample:
 Methods: mosaic (SCAL + MDL, paper preset), omnicontrol, uno, dreamo, xverse (baselines/controlled).
 The base transformer is pre-trained once (text-to-image); every method then trains its LoRA (and
 extension) for --steps on a mixed-K train split (K = 1..6), for each seed. With --evaluators
-(a folder written by `python -m metrics.tiny_world`), it also samples --n-images val prompts per K
+(a folder written by `python -m metrics.evaluators`), it also samples --n-images val prompts per K
 and scores them with the tiny-world CLIP-I / DINO / CLIP-T.
 
     python bench/baselines_mechanism.py --out runs/baselines-mechanism [--seeds 3] [--steps 300]
@@ -31,7 +31,8 @@ import torch
 
 from mosaic.config import load_config
 from mosaic.data.synthetic import generate_dataset
-from mosaic.train import LORA_FILE, train
+from mosaic.runfolder import LORA_FILE, atomic_write
+from mosaic.train import train
 
 METHODS = ("mosaic", "omnicontrol", "uno", "dreamo", "xverse")
 KS = (2, 4, 6)
@@ -49,7 +50,7 @@ def mechanism(run: Path, val: Path) -> dict[str, float]:
     """mosaic.mechanism.evaluate of a finished run on one val split."""
     from mosaic import mechanism as mech
     from mosaic.sample import Sampler
-    from mosaic.train import load_dataset
+    from mosaic.data.dataset import load_dataset
 
     s = Sampler.from_run(run, "cpu")
     cfg = load_config(run / "config.yaml")
@@ -63,9 +64,9 @@ def reference_shares(val: Path) -> dict[str, tuple[float, float, float]]:
     a map uniform over the target, and a map uniform over the union of all subjects' masks (it attends to
     "the foreground", to no subject in particular). A method is subject-specific where it beats the second."""
     from mosaic.data.dataset import collate
-    from mosaic.mechanism import mask_shares, subject_leakage
+    from mosaic.attention_scores import mask_shares, subject_leakage
     from mosaic.model import build_codec
-    from mosaic.train import load_dataset
+    from mosaic.data.dataset import load_dataset
 
     ds = load_dataset(str(val), load_config(None, ["data.train=unused"]), build_codec("tiny"), 6)
     b = collate([ds[i] for i in range(len(ds))])
@@ -97,9 +98,7 @@ def image_metrics(run: Path, val: Path, evaluators: Path, n: int, steps: int, ou
 def cached(path: Path, compute) -> dict[str, float]:
     """The JSON at `path`, or compute() written there (atomically) first."""
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(compute(), indent=2))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(compute(), indent=2))
     return json.loads(path.read_text())
 
 
@@ -115,7 +114,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--evaluators", type=Path,
-                   help="tiny-world evaluators folder (python -m metrics.tiny_world) for the image metrics")
+                   help="tiny-world evaluators folder (python -m metrics.evaluators) for the image metrics")
     p.add_argument("--n-images", type=int, default=8)
     p.add_argument("--sample-steps", type=int, default=20)
     args = p.parse_args()

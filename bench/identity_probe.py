@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from mosaic.config import load_config
 from mosaic.data.dataset import collate
 from mosaic.losses import reference_attention, reference_distributions
-from mosaic.mechanism import mask_shares, subject_leakage
+from mosaic.attention_scores import mask_shares, subject_leakage
 from mosaic.sample import Sampler
-from mosaic.train import encode_batch, load_dataset
+from mosaic.data.dataset import load_dataset
+from mosaic.flow import encode_batch
 
 
 def probe(run: Path, val: Path, t: float, n: int) -> list[dict[str, float]]:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from mosaic.config import load_config
 from mosaic.data.synthetic import generate_dataset
-from mosaic.train import METRICS_FILE, train
+from mosaic.runfolder import METRICS_FILE
+from mosaic.train import train
 
 VARIANTS = {"none": (0.0, 0.0), "scal": (0.4, 0.0), "mdl": (0.0, 0.6), "both": (0.4, 0.6)}
 

@@ -18,18 +18,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `mosaic --help` imports this module; evaluate loads torch and pandas
     import pandas as pd
 
     from .config import load_config
-    from .evaluate import AGGREGATE, evaluate_folder
+    from .evaluate import AGGREGATE, evaluate_folder, select
     from .registry import MetricUnavailable
 
     profile = args.profile or (None if args.config else "paper")
     cfg = load_config(args.config, profile)
     names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else None
     if names is not None:
-        from .evaluate import select
-
         try:
             select(cfg, names)
         except ValueError as e:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
 from .manifest import Item
 from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section
@@ -42,7 +44,6 @@ class ClipModel:
 
     def __init__(self, key: str, model: str, pretrained: str | None = None, world: str = ""):
         import open_clip
-        import torch
 
         _check_source(key, model, pretrained)
         try:
@@ -54,7 +55,6 @@ class ClipModel:
                                     f"{key}.pretrained to a local checkpoint file") from None
         self.net, self.preprocess = net.eval(), preprocess
         self.tokenizer = open_clip.get_tokenizer(model)
-        self.torch = torch
         self.id = f"open_clip:{model}:{pretrained or ''}"
         self.world = world
         self.weights = model[len("local-dir:"):] if model.startswith("local-dir:") else str(pretrained)
@@ -62,15 +62,13 @@ class ClipModel:
         self.protocol = f"open_clip eval transform ({_describe(preprocess)}); cosine x100"
 
     def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
-        from PIL import Image
-
-        x = self.torch.stack([self.preprocess(Image.fromarray(a)) for a in arrays])
-        with self.torch.no_grad():
+        x = torch.stack([self.preprocess(Image.fromarray(a)) for a in arrays])
+        with torch.no_grad():
             f = self.net.encode_image(x, normalize=True)
         return f.float().numpy()
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        with self.torch.no_grad():
+        with torch.no_grad():
             f = self.net.encode_text(self.tokenizer(texts), normalize=True)
         return f.float().numpy()
 

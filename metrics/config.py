@@ -2,7 +2,7 @@
 
 The `paper` profile is the published protocols with the paper-profile weights left to
 fill in (a missing one fails with the key and the path to provide). The tiny profile is
-written by `metrics.tiny_world.train_evaluators` as `metrics_config.json` next to the
+written by `metrics.evaluators.train_evaluators` as `metrics_config.json` next to the
 trained evaluators. A config file (YAML or JSON) may hold the sections at top level or
 under a `metrics:` key; its sections replace the profile's, key by key.
 """
@@ -12,6 +12,8 @@ import copy
 import json
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .dino import PROTOCOL as DINO_PROTOCOL
 
@@ -40,10 +42,9 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def sections() -> list[str]:
     """The config sections of the registered metrics."""
-    from . import evaluate  # noqa: F401  (registers every metric)
-    from .registry import REGISTRY
+    from .evaluate import METRICS  # lazy: importing evaluate registers every metric (and loads torch)
 
-    return sorted({cls.config_key for cls in REGISTRY.values()})
+    return sorted({cls.config_key for cls in METRICS.values()})
 
 
 def load_config(path: str | Path | None = None, profile: str | None = "paper") -> dict[str, Any]:
@@ -59,8 +60,6 @@ def load_config(path: str | Path | None = None, profile: str | None = "paper") -
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
         data = data.get("metrics", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):

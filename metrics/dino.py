@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .manifest import Item
 from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section
@@ -26,7 +27,7 @@ CONFIG_FILE, WEIGHTS_FILE = "dino_config.json", "model.safetensors"
 
 
 def dino_transform(resize: int, crop: int, interpolation: str, mean, std):
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # here: a second to import, needed only when DINO loads
 
     mode = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}[interpolation]
     return T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop(crop), T.ToTensor(),
@@ -43,6 +44,7 @@ def build_vit(model: str, model_kwargs: dict[str, Any] | None = None, pretrained
 
 class DinoModel:
     def __init__(self, key: str, sec: dict[str, Any]):
+        # torch here, not at the top: metrics.config imports this module (PROTOCOL) and stays light
         import torch
         from safetensors.torch import load_file
 
@@ -92,8 +94,6 @@ class DinoModel:
                          f"mean {tuple(prep['mean'])} std {tuple(prep['std'])}; CLS cosine x100")
 
     def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
-        from PIL import Image
-
         x = self.torch.stack([self.transform(Image.fromarray(a)) for a in arrays])
         with self.torch.no_grad():
             return self.net(x).float().numpy()

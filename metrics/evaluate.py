@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,11 @@ import numpy as np
 import pandas as pd
 
 from mosaic.data.sample import load_image
+from mosaic.runfolder import MANIFEST_FILE, atomic_dir
 
 from . import clip, dino, faces, hps, ipsim, mechanism  # noqa: F401  (register the metrics)
-from .manifest import DEFAULT_NAME, Item, read_items
-from .registry import REGISTRY, Context, MetricUnavailable, Row
+from .manifest import Item, read_items
+from .registry import METRICS, Context, MetricUnavailable, Row
 
 TABLE, AGGREGATE, INFO = "metrics.csv", "aggregate.csv", "evaluation.json"
 ITEM_COLUMNS = ("benchmark", "scenario", "entry")
@@ -49,10 +49,10 @@ def label(metric: str, world: str) -> str:
 def select(cfg: dict[str, Any], names: list[str] | None) -> list[str]:
     """The requested metrics (all whose config section is present, by default)."""
     if names is None:
-        return [n for n, cls in REGISTRY.items() if cls.config_key in cfg]
-    unknown = [n for n in names if n not in REGISTRY]
+        return [n for n, cls in METRICS.items() if cls.config_key in cfg]
+    unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric name(s) {', '.join(map(repr, unknown))}; known: {', '.join(REGISTRY)}")
+        raise ValueError(f"unknown metric name(s) {', '.join(map(repr, unknown))}; known: {', '.join(METRICS)}")
     return list(names)
 
 
@@ -87,7 +87,7 @@ def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None =
     ctx = ctx or Context(cfg)
     runners, identities = {}, {}
     for name in select(cfg, metrics):
-        cls = REGISTRY[name]
+        cls = METRICS.get(name)
         try:
             runners[name] = cls(cfg, ctx)
             identities[name] = runners[name].identity()
@@ -101,9 +101,9 @@ def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None =
         batch = items[start:start + batch_size]
         images = [load_image(it.image) for it in batch]
         for name, runner in runners.items():
-            rows = (_unavailable_rows(REGISTRY[name], batch, runner) if isinstance(runner, str)
+            rows = (_unavailable_rows(METRICS.get(name), batch, runner) if isinstance(runner, str)
                     else runner.score(batch, images))
-            if "references" in REGISTRY[name].inputs:  # K = 0: counted as NaN, not silently absent
+            if "references" in METRICS.get(name).inputs:  # K = 0: counted as NaN, not silently absent
                 rows += [Row(i, None, math.nan, "K = 0: no references") for i, it in enumerate(batch)
                          if not it.references]
             ident = identities[name]
@@ -176,17 +176,13 @@ def evaluate_folder(folder: str | os.PathLike, cfg: dict[str, Any], metrics: lis
     """Evaluate `folder`/`manifest` and write metrics.csv, aggregate.csv and evaluation.json
     into `out` (default `folder`/eval), which appears only when complete."""
     folder = Path(folder)
-    manifest_path = Path(manifest) if manifest and Path(manifest).is_absolute() else folder / (manifest or DEFAULT_NAME)
+    manifest_path = (Path(manifest) if manifest and Path(manifest).is_absolute()
+                     else folder / (manifest or MANIFEST_FILE))
     table, agg, info = evaluate(read_items(manifest_path), cfg, metrics, batch_size, missing)
     out = Path(out) if out else folder / "eval"
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    table.to_csv(tmp / TABLE, index=False)
-    agg.to_csv(tmp / AGGREGATE, index=False)
-    info.update(manifest=str(manifest_path), config=cfg)
-    (tmp / INFO).write_text(json.dumps(_jsonable(info), indent=2, sort_keys=True))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out, overwrite=True) as tmp:
+        table.to_csv(tmp / TABLE, index=False)
+        agg.to_csv(tmp / AGGREGATE, index=False)
+        info.update(manifest=str(manifest_path), config=cfg)
+        (tmp / INFO).write_text(json.dumps(_jsonable(info), indent=2, sort_keys=True))
     return out

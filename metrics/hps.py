@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
-from .manifest import Item
+from mosaic.runfolder import atomic_file
+
+from .manifest import Item, read_items
 from .registry import Metric, MetricUnavailable, Row, cosine100, register, section
 
 
 def load_hps_checkpoint(net, path: str | Path) -> None:
     """Load an HPS checkpoint (`{"state_dict": ...}` or a bare state dict) into an open_clip model."""
-    import torch
-
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
@@ -37,7 +39,6 @@ def load_hps_checkpoint(net, path: str | Path) -> None:
 class HpsV21Model:
     def __init__(self, key: str, sec: dict[str, Any]):
         import open_clip
-        import torch
 
         ckpt, name = sec.get("checkpoint"), sec.get("model", "ViT-H-14")
         if not ckpt:
@@ -49,14 +50,12 @@ class HpsV21Model:
         self.preprocess = open_clip.image_transform(self.net.visual.image_size, is_train=False,
                                                     resize_mode="longest", fill_color=0)
         self.tokenizer = open_clip.get_tokenizer(name)
-        self.torch, self.model_name, self.weights = torch, name, str(ckpt)
+        self.model_name, self.weights = name, str(ckpt)
         self.world = str(sec.get("world", ""))
 
     def score(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
-        from PIL import Image
-
-        x = self.torch.stack([self.preprocess(Image.fromarray(a)) for a in images])
-        with self.torch.no_grad():
+        x = torch.stack([self.preprocess(Image.fromarray(a)) for a in images])
+        with torch.no_grad():
             f_img = self.net.encode_image(x, normalize=True)
             f_txt = self.net.encode_text(self.tokenizer(prompts), normalize=True)
         return cosine100(f_img.numpy(), f_txt.numpy())
@@ -115,8 +114,6 @@ class HpsV3(Metric):
                 "protocol": "HPSv3RewardInferencer.reward mean (mu); full prompt", "world": ""}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
-        import torch
-
         with torch.no_grad():
             rewards = self.inferencer.reward(prompts=[it.prompt for it in items],
                                              image_paths=[str(it.image) for it in items])
@@ -125,7 +122,7 @@ class HpsV3(Metric):
 
 def main(argv: list[str] | None = None) -> int:
     """HPSv3 in its own environment: score a manifest and write the evaluation table's rows."""
-    from .evaluate import evaluate
+    from .evaluate import evaluate  # not at the top: evaluate imports this module
 
     p = argparse.ArgumentParser(prog="python -m metrics.hps", description=main.__doc__)
     p.add_argument("manifest", type=Path)
@@ -134,13 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch-size", type=int, default=16)
     a = p.parse_args(argv)
-    from .manifest import read_items
-
     cfg = {"hpsv3": {"checkpoint": a.checkpoint, "device": a.device}}
     table, _, _ = evaluate(read_items(a.manifest), cfg, ["HPSv3"], batch_size=a.batch_size)
-    tmp = a.out.with_name(f".{a.out.name}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(a.out)
+    with atomic_file(a.out) as tmp:
+        table.to_csv(tmp, index=False)
     return 0
 
 

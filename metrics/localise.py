@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from scipy import ndimage
 
 from mosaic.data.sample import DataError, load_image
 
@@ -56,8 +58,6 @@ class BackgroundLocaliser:
         self.weights = ""
 
     def instances(self, image: np.ndarray, ref: RefInput) -> list[np.ndarray]:
-        from scipy import ndimage
-
         border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.int16)
         bg = np.median(border, axis=0)
         fg = np.abs(image.astype(np.int16) - bg).max(-1) > self.tolerance
@@ -102,8 +102,6 @@ class OwlSamLocaliser:
                 "segmenter_processor": SamProcessor.from_pretrained(paths["segmenter"])}
 
     def instances(self, image: np.ndarray, ref: RefInput) -> list[np.ndarray]:
-        import torch
-
         if not ref.word:
             raise NotLocalisable("no subject word for this reference (the detector's query)")
         h, w = image.shape[:2]

@@ -1,9 +1,10 @@
 """The generated-images manifest: what `mosaic eval` reads next to a folder of images.
 
 Every generator (the MOSAIC sampler, each baseline adapter, an external image folder) writes
-one JSON object per generated image to a JSONL file, `manifest.jsonl` by default, in the
-folder that holds the images. Relative paths are relative to that folder; absolute paths
-are kept as they are (benchmark references usually live in ../shared/benchmarks).
+one JSON object per generated image to a JSONL file, `manifest.jsonl` by default
+(`mosaic.runfolder.MANIFEST_FILE`), in the folder that holds the images. Relative paths are
+relative to that folder; absolute paths are kept as they are (benchmark references usually
+live in ../shared/benchmarks).
 
 One line (keys marked * are required)::
 
@@ -43,8 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from mosaic.data.sample import DataError
-
-DEFAULT_NAME = "manifest.jsonl"
 
 
 class ManifestError(DataError):
@@ -161,15 +160,3 @@ def read_items(path: str | os.PathLike) -> list[Item]:
         raise ManifestError(f"{path}: manifest has no entries")
     return items
 
-
-def benchmark_record(entry, image: str, method: str = "", seed: int | None = None) -> dict[str, Any]:
-    """A manifest line for a `mosaic.data.benchmarks.BenchmarkEntry` rendered as `image`."""
-    return {
-        "id": f"{entry.id}_s{seed}" if seed is not None else entry.id,
-        "image": str(image),
-        "prompt": entry.prompt,
-        "references": [{"image": str(p), "word": w, "category": c}
-                       for p, w, c in zip(entry.references, entry.subjects, entry.categories)],
-        "k": entry.k, "method": method, "seed": seed,
-        "benchmark": entry.benchmark, "scenario": entry.scenario, "entry": entry.id,
-    }

@@ -1,8 +1,8 @@
 """Mechanism metrics: alignment accuracy and leakage of reference->target attention.
 
-Pure functions, used by the trainer's evaluation (issue 3) and registered here so that
-`mosaic eval` reports them next to the image metrics when a manifest line carries an
-attention file (format in `metrics.manifest`).
+The scores are mosaic.attention_scores' (the trainer's held-out evaluation uses the same);
+registered here so that `mosaic eval` reports them next to the image metrics when a manifest
+line carries an attention file (format in `metrics.manifest`).
 
 - alignment accuracy: the share of annotated reference points whose argmax target token
   lies within 1 token (Chebyshev distance on the target token grid) of its ground truth.
@@ -14,48 +14,12 @@ Both are reported as percentages (x100).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from mosaic.attention_scores import alignment_accuracy, leakage, reference_maps
 from mosaic.data.sample import DataError
 
 from .manifest import Item
 from .registry import Metric, Row, register
-
-
-def point_hits(attn, gt, grid: tuple[int, int], tolerance: int = 1) -> torch.Tensor:
-    """bool [P]: the argmax target token of each row of `attn` [P, T] is within `tolerance`
-    tokens (Chebyshev) of `gt` [P] on the row-major `grid` (rows, cols), rows * cols = T."""
-    attn, gt = torch.as_tensor(attn), torch.as_tensor(gt).long()
-    rows, cols = grid
-    if attn.shape[-1] != rows * cols:
-        raise ValueError(f"attention has {attn.shape[-1]} target tokens; grid {rows}x{cols} has {rows * cols}")
-    if attn.shape[:-1] != gt.shape:
-        raise ValueError(f"attention rows {tuple(attn.shape[:-1])} do not match ground truth {tuple(gt.shape)}")
-    pred = attn.argmax(-1)
-    dist = torch.maximum((pred // cols - gt // cols).abs(), (pred % cols - gt % cols).abs())
-    return dist <= tolerance
-
-
-def alignment_accuracy(attn, gt, grid: tuple[int, int], tolerance: int = 1) -> float:
-    """Share of points hit (see `point_hits`); NaN for no points."""
-    hits = point_hits(attn, gt, grid, tolerance)
-    return float(hits.float().mean()) if hits.numel() else float("nan")
-
-
-def reference_maps(rows_per_ref: list) -> torch.Tensor:
-    """[K, T]: each reference's normalised mean attention over target tokens."""
-    maps = torch.stack([torch.as_tensor(r, dtype=torch.float64).reshape(-1, r.shape[-1]).mean(0) for r in rows_per_ref])
-    return maps / maps.sum(-1, keepdim=True).clamp_min(1e-12)
-
-
-def leakage(maps, token_masks) -> torch.Tensor:
-    """[K]: share of each reference's map `maps` [K, T] inside the OTHER subjects' masks
-    (`token_masks` bool [K, T]), excluding tokens of its own mask."""
-    maps = torch.as_tensor(maps, dtype=torch.float64)
-    masks = torch.as_tensor(token_masks).bool().reshape(maps.shape)
-    others = (masks.sum(0, keepdim=True) - masks.long()) > 0
-    others &= ~masks
-    return (maps * others).sum(-1) / maps.sum(-1).clamp_min(1e-12)
 
 
 def read_attention(item: Item) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:

@@ -1,10 +1,10 @@
 """The metric registry and the per-evaluation context (shared models, reference cache).
 
-A metric is a class registered under its published name. It declares the manifest inputs it
-reads and the config keys that choose its model and weights, and scores a batch of items
-into rows: one per (image, reference), or one per image for image-level metrics. A value
-that does not apply or cannot be computed is NaN with a reason; a protocol zero (XVerse's
-"0 if no face") is a real 0 that still carries its reason.
+A metric is a class registered in `METRICS` under its published name. It declares the
+manifest inputs it reads and the config keys that choose its model and weights, and scores a
+batch of items into rows: one per (image, reference), or one per image for image-level
+metrics. A value that does not apply or cannot be computed is NaN with a reason; a protocol
+zero (XVerse's "0 if no face") is a real 0 that still carries its reason.
 
 The context loads each model once per evaluation (CLIP-I and IP-Sim may share one) and
 caches reference embeddings: benchmark references repeat across prompts and seeds.
@@ -18,17 +18,12 @@ from typing import Any, Callable, ClassVar, Hashable
 import numpy as np
 
 from mosaic.data.sample import load_image
+from mosaic.registry import Registry
 
 from .manifest import Item
 
-REGISTRY: dict[str, type["Metric"]] = {}
-
-
-def register(cls: type["Metric"]) -> type["Metric"]:
-    if cls.name in REGISTRY:
-        raise ValueError(f"metric {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+METRICS: Registry[type["Metric"]] = Registry("metric")  # metric classes by published name
+register = METRICS.register  # class decorator: registers the class under its `name`
 
 
 @dataclass

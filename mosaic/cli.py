@@ -1,37 +1,58 @@
 """The `mosaic` command line: one entry point, subcommands imported lazily.
 
-Each subcommand lives beside the code it drives; this module only parses arguments and
-dispatches, so `mosaic --help` stays fast and heavy imports happen only when used.
+Why it exists: it is the composition root, the one module of `mosaic` that names the other
+packages (as lazy "module:function" strings, never imports): `mosaic eval` runs the metrics
+suite, and `mosaic sample --baseline` samples a registered baseline, while the method itself
+knows neither. It only parses arguments and dispatches, so `mosaic --help` stays fast and heavy
+imports happen only when used.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from dataclasses import dataclass
 
-# name -> (help, "module:function adding arguments to a subparser", "module:function to run")
-COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("Generate, preview and validate multi-subject datasets", "mosaic.data.cli"),
-    "eval": ("Score generated images (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism)", "metrics.cli"),
-    "sample": ("Generate images from a trained run (MOSAIC or a controlled baseline) with a manifest", "mosaic.sample"),
-    "train": ("Train the MOSAIC reference LoRA (or the tiny base) with DeepSpeed, logging to MLflow", "mosaic.train"),
-}
+from .registry import Registry, import_object
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: str  # "module:function" adding the subcommand's arguments to its parser
+    run: str  # "module:function" running it on the parsed arguments
+
+
+COMMANDS: Registry[Command] = Registry("command", {
+    "data": Command("Generate, preview and validate multi-subject datasets",
+                    "mosaic.data.cli:add_arguments", "mosaic.data.cli:run"),
+    "eval": Command("Score generated images (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism)",
+                    "metrics.cli:add_arguments", "metrics.cli:run"),
+    "sample": Command("Generate images from a trained run (MOSAIC or a controlled baseline) with a manifest",
+                      "mosaic.sample:add_arguments", "mosaic.cli:run_sample"),
+    "train": Command("Train the MOSAIC reference LoRA (or the tiny base) with DeepSpeed, logging to MLflow",
+                     "mosaic.train:add_arguments", "mosaic.train:run"),
+})
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """`mosaic sample`: a training run through mosaic.sample, a registered baseline through baselines.sample."""
+    return import_object("baselines.sample:run" if args.baseline else "mosaic.sample:run")(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mosaic", description="MOSAIC benchmark and ablation harness")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_, module) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(sp)
+    for name, cmd in COMMANDS.items():
+        sp = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        sp.set_defaults(_run=cmd.run)
+        import_object(cmd.arguments)(sp)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        return int(import_object(args._run)(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"mosaic {args.command}: error: {e}", file=sys.stderr)
         return 2

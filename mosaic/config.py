@@ -40,8 +40,8 @@ class ModelConfig:
     lora_targets: list[str] | None = None  # None: the upstream MOSAIC target modules (mosaic.model.lora)
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
-    # "module:Class" adding modules, forward inputs or losses to a variant (baselines/controlled/base.py
-    # documents the interface); its hyper-parameters go in extension_args
+    # "module:Class" adding modules, forward inputs or losses to a variant (the protocol: mosaic.extension);
+    # its hyper-parameters go in extension_args
     extension: str | None = None
     extension_args: dict[str, Any] = field(default_factory=dict)
 

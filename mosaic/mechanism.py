@@ -4,7 +4,7 @@ Why it exists: SCAL should make each annotated reference token attend to its cor
 target token, and MDL should keep each reference's attention off the other subjects. These
 are measured directly on the val split after training, at fixed timesteps and seeded noise,
 with the same attention map the losses use (head- and block-averaged, softmax over target
-keys, the blocks of `loss.blocks`), scored by the pure functions of metrics.mechanism:
+keys, the blocks of `loss.blocks`), scored by the pure functions of mosaic.attention_scores:
 
 - alignment accuracy: the share of annotated reference points whose argmax target token is
   within 1 token (Chebyshev distance on the token grid) of the ground-truth token;
@@ -26,48 +26,29 @@ It also draws, for a few val samples, each reference's a^(k) over the target ima
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 
-from metrics.mechanism import leakage, point_hits
-
+from .attention_scores import mask_shares, point_hits, subject_leakage
 from .config import Config
+from .data.dataset import collate
+from .flow import add_noise, encode_batch, guidance_for, step_generator, velocity
 from .losses import AttentionProbe, LossConfig, reference_distributions
-
-
-def mask_shares(a: torch.Tensor, token_masks: torch.Tensor, ref_mask: torch.Tensor,
-                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(leakage, own share) of every valid reference of a batch: metrics.mechanism.leakage per sample
-    over its real references, and the share of a^(k) inside its own mask (for context: how much of
-    the mass that is not leaking lands on the right subject). a, token_masks [B, K, Nt]; ref_mask,
-    valid [B, K]. Each output has one value per valid reference."""
-    leak, own = [], []
-    for b in range(len(a)):
-        k, v = int(ref_mask[b].sum()), valid[b, :int(ref_mask[b].sum())]
-        leak.append(leakage(a[b, :k], token_masks[b, :k])[v])
-        own.append(((a[b, :k] * token_masks[b, :k]).sum(-1) / a[b, :k].sum(-1).clamp_min(1e-12))[v])
-    return torch.cat(leak).float(), torch.cat(own).float()
-
-
-def subject_leakage(leak: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """Per reference: the share of its on-subject mass (own + other subjects) on the other subjects;
-    0 for a reference with no mass on any subject."""
-    return leak / (leak + own).clamp_min(1e-12)
+from .runfolder import ATTENTION_FIGURE, METRICS_FILE, atomic_file, atomic_write
 
 
 @torch.no_grad()
 def attention(model, enc, batch: dict[str, Any], t: float, blocks, g: torch.Generator, guidance, ext=None):
     """(point maps [B, K, P, Nt], per-reference distributions a [B, K, Nt]) at timestep t."""
     noise = torch.randn(enc.x0.shape, generator=g).to(enc.x0)
-    xt = (1 - t) * enc.x0 + t * noise
+    xt = add_noise(enc.x0, noise, t)
     probe = AttentionProbe(LossConfig(normalize_over="target", blocks=blocks), batch)
-    kwargs = ext.forward_kwargs(model, batch, batch["prompt"], enc) if ext is not None else {}
-    model(xt, enc.refs, enc.ref_mask, enc.text, enc.pooled, torch.full((len(xt),), t, device=xt.device).to(xt),
-          guidance, target_grid=enc.target_grid, ref_grid=enc.ref_grid, attn_hook=probe, **kwargs)
+    extra = ext.forward_kwargs(model, batch, batch["prompt"], enc) if ext is not None else {}
+    velocity(model, enc, xt, torch.full((len(xt),), t, device=xt.device).to(xt), guidance, probe, extra)
     pm = probe.point_maps()
     return pm, reference_distributions(pm, batch["point_mask"].to(pm.device))
 
@@ -76,11 +57,6 @@ def evaluate(model, codec, text_encoder, dataset, cfg: Config, device, dtype,
              ext=None) -> tuple[dict[str, float], list]:
     """Metrics per timestep and overall, plus the figure rows (target, references, masks, a) of the
     first `eval.figure_samples` samples at the middle timestep."""
-    from torch.utils.data import DataLoader, Subset
-
-    from .data.dataset import collate
-    from .train import encode_batch, guidance_for, step_generator
-
     n = len(dataset) if cfg.eval.max_samples is None else min(cfg.eval.max_samples, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=cfg.train.batch_size, collate_fn=collate)
     ts = cfg.eval.timesteps
@@ -97,7 +73,7 @@ def evaluate(model, codec, text_encoder, dataset, cfg: Config, device, dtype,
         chance.append(uniform[0])
         own_chance.append(uniform[1])
         nb = len(batch["prompt"])
-        guidance = guidance_for(model, nb, cfg, device)
+        guidance = guidance_for(model, nb, cfg.train.guidance, device)
         for j, t in enumerate(ts):
             pm, a = attention(model, enc, batch, t, cfg.loss.blocks, step_generator(cfg.train.seed, 2**31 + i, j),
                               guidance, ext)
@@ -163,23 +139,18 @@ def draw_figure(rows: list, path: Path, title: str) -> Path:
             ax.contour(masks[k].numpy().astype(float), levels=[0.5], colors=["cyan"], linewidths=1)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
 def evaluate_run(model, codec, text_encoder, dataset, cfg: Config, device, dtype, out: Path, logger,
                  ext=None) -> dict[str, float]:
     """Evaluate on the val dataset, write mechanism.json and the figure, log both to MLflow."""
-    from .train import METRICS_FILE
-
     results, rows = evaluate(model, codec, text_encoder, dataset, cfg, device, dtype, ext)
-    tmp = out / f".{METRICS_FILE}.tmp"
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, out / METRICS_FILE)
-    fig = draw_figure(rows, out / "attention.png", f"{cfg.variant}: reference -> target attention, "
+    atomic_write(out / METRICS_FILE, json.dumps(results, indent=2, sort_keys=True))
+    fig = draw_figure(rows, out / ATTENTION_FIGURE, f"{cfg.variant}: reference -> target attention, "
                       f"t={cfg.eval.timesteps[len(cfg.eval.timesteps) // 2]:g}") if rows else None
     if logger:
         logger.log_metrics(results, cfg.train.steps)

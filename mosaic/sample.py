@@ -10,9 +10,9 @@ generator seeded by the seed, so the same seed gives the same image on the same 
 
 A run folder is what `mosaic train` writes: `config.yaml`, and `lora.safetensors` (lora mode)
 or `transformer/` (base mode); a run whose config names a `model.extension` (a controlled
-baseline) also gets that extension's modules and weights. Instead of a run, `--baseline NAME`
-samples any registered baseline through its own `generate` (e.g. an official release, run in its
-own environment; see baselines/official).
+baseline) also gets that extension's modules and weights. Instead of a run, `mosaic sample
+--baseline NAME` samples any registered baseline through its own `generate` (baselines.sample;
+the CLI dispatches, this module knows no baseline).
 
 Prompts come from a dataset folder (`--dataset`, e.g. the tiny world's val split), a benchmark
 (`--benchmark`, mosaic.data.benchmarks) or one `--prompt` with its `--ref` images.
@@ -33,13 +33,22 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
+
+from .components import build_components
+from .config import load_config
+from .data.benchmarks import benchmark_record, load_benchmark
+from .data.sample import load_image, read_manifest
+from .extension import attach_extension
+from .flow import Encoded, guidance_for, velocity
+from .losses import AttentionProbe, LossConfig
+from .runfolder import BASE_DIR, CONFIG_FILE, LORA_FILE, MANIFEST_FILE, atomic_dir
 
 # FLUX.1-dev scheduler/scheduler_config.json
 FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
@@ -73,24 +82,8 @@ def flux_timesteps(steps: int, n_tokens: int, device=None) -> tuple[Any, torch.T
     return sched, sched.timesteps
 
 
-def load_extension(cfg, model, run: Path | None = None):
-    """The run's `model.extension` set up on `model`, with its trained weights from `run`; None if none."""
-    from .train import load_extension as build
-
-    ext = build(cfg)
-    if ext is not None:
-        ext.setup(model)
-        if run is not None:
-            ext.load(model, run)
-    return ext
-
-
 def _square(img, size: int) -> np.ndarray:
     """uint8 [size, size, 3]: centre crop to a square, then bicubic resize (PIL ImageOps.fit)."""
-    from PIL import Image, ImageOps
-
-    from .data.sample import load_image
-
     if isinstance(img, (str, os.PathLike)):
         img = load_image(Path(img))
     im = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, np.uint8))
@@ -111,13 +104,10 @@ class Sampler:
     @classmethod
     def from_run(cls, run: str | os.PathLike, device: str | torch.device | None = None) -> "Sampler":
         """Load a `mosaic train` output folder (see the module docstring)."""
-        from .config import load_config
-        from .train import BASE_DIR, LORA_FILE, build_components
-
         run = Path(run)
-        if not (run / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run / 'config.yaml'}: not a training run folder (config.yaml missing)")
-        cfg = load_config(run / "config.yaml")
+        if not (run / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{run / CONFIG_FILE}: not a training run folder ({CONFIG_FILE} missing)")
+        cfg = load_config(run / CONFIG_FILE)
         lora = run / LORA_FILE
         if cfg.train.mode == "base":
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(run / BASE_DIR)))
@@ -128,7 +118,7 @@ class Sampler:
             cfg, model=dataclasses.replace(cfg.model, gradient_checkpointing=False)), device)
         if cfg.train.mode == "lora":
             model.load_lora(lora)
-        ext = load_extension(cfg, model, run)
+        ext = attach_extension(cfg, model, run)
         model.to(device)
         guidance = FLUX_DEV_GUIDANCE if cfg.model.flavour == "flux-dev" else cfg.train.guidance
         info = {"run": str(run.resolve()), "variant": cfg.variant, "flavour": cfg.model.flavour,
@@ -141,9 +131,6 @@ class Sampler:
     def generate(self, prompt: str, references: list, seed: int, steps: int = 28, guidance: float | None = None,
                  phrases: list[str] | None = None, attention: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(uint8 image [H, W, 3], per-reference attention maps [K, th, tw] or None)."""
-        from .losses import AttentionProbe, LossConfig
-        from .train import Encoded
-
         k = len(references)
         if phrases is not None and len(phrases) != k:
             raise ValueError(f"{len(phrases)} phrases for {k} references")
@@ -160,14 +147,10 @@ class Sampler:
         text, pooled = text.to(dev, dt), pooled.to(dev, dt)
         batch = {"prompt": [prompt], "phrases": [list(phrases or [""] * k)], "ref_mask": ref_mask,
                  "ref_tokens": torch.zeros(1, k, 0, dtype=torch.long)}
-        kwargs = {}
-        if self.extension is not None:
-            x0 = torch.zeros(1, n_tokens, self.model.in_channels, device=dev, dtype=dt)
-            enc = Encoded(x0, refs, ref_mask, text, pooled, grid, ref_grid)
-            kwargs = self.extension.forward_kwargs(self.model, batch, [prompt], enc)
-        g = torch.full((1,), self.guidance if guidance is None else guidance, device=dev, dtype=dt)
-        if not self.model.transformer.config.guidance_embeds:
-            g = None
+        x0 = torch.zeros(1, n_tokens, self.model.in_channels, device=dev, dtype=dt)  # shape only
+        enc = Encoded(x0, refs, ref_mask, text, pooled, grid, ref_grid)
+        extra = self.extension.forward_kwargs(self.model, batch, [prompt], enc) if self.extension else {}
+        g = guidance_for(self.model, 1, self.guidance if guidance is None else guidance, dev, dt)
         sched, timesteps = flux_timesteps(steps, n_tokens, dev)
         gen = torch.Generator().manual_seed(int(seed))
         x = torch.randn(1, n_tokens, self.model.in_channels, generator=gen).to(dev, dt)
@@ -175,8 +158,7 @@ class Sampler:
         probe_cfg = LossConfig(normalize_over="target", mdl_rows="all", blocks=self.attn_blocks)
         for t in timesteps:
             probe = AttentionProbe(probe_cfg, batch, recompute=False) if attention and k else None
-            v = self.model(x, refs, ref_mask, text, pooled, (t / 1000).expand(1).to(dt), g, target_grid=grid,
-                           ref_grid=ref_grid, attn_hook=probe, **kwargs)
+            v = velocity(self.model, enc, x, (t / 1000).expand(1).to(dt), g, probe, extra)
             x = sched.step(v, t, x).prev_sample
             if probe is not None:
                 m = probe.maps()[0].mean(1).float()  # [K, Nt]: mean over the reference's tokens
@@ -191,8 +173,6 @@ class Sampler:
 
 def dataset_requests(root: str | os.PathLike) -> list[Request]:
     """Prompts, references and phrases of a dataset folder (e.g. the tiny world's val split)."""
-    from .data.sample import read_manifest
-
     root = Path(root).resolve()
     out = []
     for rec in read_manifest(root):
@@ -207,8 +187,6 @@ def dataset_requests(root: str | os.PathLike) -> list[Request]:
 def benchmark_requests(benchmark: str, scenario: str, root: str | os.PathLike | None = None) -> list[Request]:
     """The runnable entries of a benchmark (mosaic.data.benchmarks); skipped ones are reported, not run.
     Reference paths are absolute: the output manifest resolves relative paths against its own folder."""
-    from .data.benchmarks import load_benchmark
-
     bs = load_benchmark(benchmark, scenario, Path(root).resolve() if root is not None else None)
     print(bs.summary())
     return [Request(e.id, e.prompt, list(e.references), list(e.subjects), entry=e) for e in bs.entries]
@@ -216,8 +194,6 @@ def benchmark_requests(benchmark: str, scenario: str, root: str | os.PathLike | 
 
 def manifest_record(req: Request, image: str, method: str, seed: int) -> dict[str, Any]:
     """The `metrics.manifest` line of one image generated for `req` with `seed` (id "<req.id>_s<seed>")."""
-    from metrics.manifest import benchmark_record
-
     if req.entry is not None:
         return benchmark_record(req.entry, image, method, seed)
     rec = {"id": f"{req.id}_s{seed}", "image": image, "prompt": req.prompt, "k": len(req.references),
@@ -236,42 +212,32 @@ def write_outputs(generate, requests: list[Request], seeds: list[int], out: str 
     `info` and `settings` go into every manifest line's meta (model identity, sampler settings), and
     so does request_meta(request) if given (e.g. whether the text encoder cut the prompt).
     """
-    from PIL import Image
-
-    from metrics.manifest import DEFAULT_NAME
-
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: output folder exists (pass overwrite=True / --overwrite to replace it)")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
     lines = []
-    for req in requests:
-        for seed in seeds:
-            name = f"{req.id}_s{seed}"
-            img, maps = generate(req, seed)
-            Image.fromarray(img).save(tmp / "images" / f"{name}.png")
-            rec = manifest_record(req, f"images/{name}.png", method, seed)
-            meta = {"model": info, "settings": settings, **(request_meta(req) if request_meta else {})}
-            if maps is not None:
-                (tmp / "attention").mkdir(exist_ok=True)
-                meta["attention_maps"] = [_save_map(m, tmp / "attention" / f"{name}_ref{j}.png", img.shape[:2])
-                                          for j, m in enumerate(maps)]
-            rec["meta"] = meta
-            lines.append(json.dumps(rec))
-    (tmp / DEFAULT_NAME).write_text("\n".join(lines) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out, overwrite) as tmp:
+        (tmp / "images").mkdir()
+        for req in requests:
+            for seed in seeds:
+                name = f"{req.id}_s{seed}"
+                img, maps = generate(req, seed)
+                Image.fromarray(img).save(tmp / "images" / f"{name}.png")
+                rec = manifest_record(req, f"images/{name}.png", method, seed)
+                meta = {"model": info, "settings": settings, **(request_meta(req) if request_meta else {})}
+                if maps is not None:
+                    (tmp / "attention").mkdir(exist_ok=True)
+                    meta["attention_maps"] = [_save_map(m, tmp / "attention" / f"{name}_ref{j}.png", img.shape[:2])
+                                              for j, m in enumerate(maps)]
+                rec["meta"] = meta
+                lines.append(json.dumps(rec))
+        (tmp / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
     return out
 
 
-def sample_run(run: str | os.PathLike, requests: list[Request], seeds: list[int], out: str | os.PathLike,
+def sample_run(run: "str | os.PathLike | Sampler", requests: list[Request], seeds: list[int], out: str | os.PathLike,
                steps: int = 28, guidance: float | None = None, attention: bool = False, method: str = "",
                device: str | None = None, overwrite: bool = False) -> Path:
-    """Sample a training run (MOSAIC or a controlled baseline) into `out`."""
-    s = Sampler.from_run(run, device)
+    """Sample a training run (MOSAIC or a controlled baseline; a run folder or its loaded Sampler) into `out`."""
+    s = run if isinstance(run, Sampler) else Sampler.from_run(run, device)
     settings = {"steps": steps, "guidance": s.guidance if guidance is None else guidance,
                 "target_size": s.target_size, "ref_size": s.ref_size,
                 "scheduler": "FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER}
@@ -285,24 +251,7 @@ def sample_run(run: str | os.PathLike, requests: list[Request], seeds: list[int]
                          overwrite, truncation)
 
 
-def sample_baseline(name: str, requests: list[Request], seeds: list[int], out: str | os.PathLike,
-                    method: str = "", overwrite: bool = False, **kwargs) -> Path:
-    """Sample a registered baseline (e.g. an official release, in its own environment) into `out`."""
-    from baselines.registry import get_baseline
-
-    b = get_baseline(name)(**kwargs)
-
-    def generate(req: Request, seed: int):
-        img = b.generate(req.prompt, req.references, seed, phrases=req.phrases or None)
-        return np.asarray(img.convert("RGB")), None
-    info = {"baseline": name, **{k: str(v) for k, v in kwargs.items()}}
-    settings = {**getattr(b, "settings", {}), **({"protocol": b.PROTOCOL} if getattr(b, "PROTOCOL", None) else {})}
-    return write_outputs(generate, requests, seeds, out, method or name, info, settings, overwrite)
-
-
 def _save_map(m: np.ndarray, path: Path, size_hw: tuple[int, int]) -> str:
-    from PIL import Image
-
     a = (255 * m / max(float(m.max()), 1e-12)).round().astype(np.uint8)
     a = np.kron(a, np.ones((size_hw[0] // a.shape[0], size_hw[1] // a.shape[1]), np.uint8))
     Image.fromarray(a, "L").save(path)
@@ -337,7 +286,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
+def requests_from_args(args: argparse.Namespace) -> list[Request]:
+    """The requests the command line names: one --prompt with its --ref images, a --dataset or a --benchmark."""
     if args.prompt is not None:
         if args.phrase and len(args.phrase) != len(args.ref):
             raise ValueError(f"--phrase given {len(args.phrase)} times for {len(args.ref)} --ref images")
@@ -347,20 +297,13 @@ def run(args: argparse.Namespace) -> int:
         requests = dataset_requests(args.dataset)
     else:
         requests = benchmark_requests(args.benchmark, args.scenario, args.benchmarks_root)
-    requests = requests[: args.limit] if args.limit else requests
-    if args.run:
-        out = sample_run(args.run, requests, args.seeds, args.out, args.steps, args.guidance, args.attention,
-                         args.method or "", args.device, args.overwrite)
-    else:
-        import yaml
+    return requests[: args.limit] if args.limit else requests
 
-        kwargs = {}
-        for item in args.baseline_arg:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"--baseline-arg {item!r}: expected KEY=VALUE")
-            kwargs[key] = yaml.safe_load(raw)
-        out = sample_baseline(args.baseline, requests, args.seeds, args.out, args.method or "", args.overwrite,
-                              **kwargs)
+
+def run(args: argparse.Namespace) -> int:
+    """`mosaic sample --run RUN` (the CLI sends --baseline to baselines.sample)."""
+    requests = requests_from_args(args)
+    out = sample_run(args.run, requests, args.seeds, args.out, args.steps, args.guidance, args.attention,
+                     args.method or "", args.device, args.overwrite)
     print(f"wrote {len(requests) * len(args.seeds)} images to {out}")
     return 0

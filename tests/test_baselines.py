@@ -16,13 +16,14 @@ from baselines.controlled.dreamo import routing_loss
 from baselines.controlled.xverse import WORDS, XVerseExtension, phrase_spans, subject_token_mask
 from baselines.official.base import OfficialUnavailable
 from baselines.registry import get_baseline, list_baselines
-from metrics.tiny_world import new_clip, new_vit, save_clip, save_dino
+from metrics.evaluators.clip_training import new_clip, save_clip
+from metrics.evaluators.dino_training import new_vit, save_dino
 from mosaic.cli import main
 from mosaic.config import load_config
 from mosaic.data.sample import read_manifest
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import HashedWordEncoder, TokenLayout, build_model, position_ids
-from mosaic.train import Encoded
+from mosaic.flow import Encoded
 
 
 def test_registry_lists_every_baseline_and_resolves_each_lazily():

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from metrics.manifest import benchmark_record
-from metrics.tiny_world import new_clip, new_vit, save_clip, save_dino
+from metrics.evaluators.clip_training import new_clip, save_clip
+from metrics.evaluators.dino_training import new_vit, save_dino
 from mosaic.cli import main as mosaic_main
-from mosaic.data.benchmarks import benchmarks_root, load_benchmark
+from mosaic.data.benchmarks import benchmark_record, benchmarks_root, load_benchmark
 
 try:
     ROOT = benchmarks_root()

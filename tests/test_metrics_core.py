@@ -13,7 +13,8 @@ from metrics.dino import DinoModel
 from metrics.evaluate import evaluate, evaluate_folder
 from metrics.manifest import Item, ManifestError, RefInput, read_items
 from metrics.registry import MetricUnavailable
-from metrics.tiny_world import new_clip, new_vit, save_clip, save_dino
+from metrics.evaluators.clip_training import new_clip, save_clip
+from metrics.evaluators.dino_training import new_vit, save_dino
 from mosaic.cli import main as mosaic_main
 from mosaic.data.sample import DataError
 

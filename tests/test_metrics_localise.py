@@ -87,7 +87,7 @@ def test_ip_sim_gives_nan_for_human_and_unlocalisable_references(tmp_path):
 
     from metrics.evaluate import evaluate
     from metrics.manifest import Item
-    from metrics.tiny_world import new_vit, save_dino
+    from metrics.evaluators.dino_training import new_vit, save_dino
 
     save_dino(new_vit(0), tmp_path / "dino")
     Image.new("RGB", (48, 48), "white").save(tmp_path / "a.png")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from metrics.evaluate import evaluate
 from metrics.manifest import read_items
-from metrics.mechanism import alignment_accuracy, leakage, point_hits, reference_maps
+from mosaic.attention_scores import alignment_accuracy, leakage, point_hits, reference_maps
 
 
 def one_hot_rows(tokens, t):

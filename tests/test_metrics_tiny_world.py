@@ -10,8 +10,9 @@ from PIL import Image
 
 from metrics.evaluate import evaluate, image_summary
 from metrics.manifest import Item, RefInput
-from metrics.tiny_world import _recolour, captions, clip_canvases, held_out_combinations, recoloured, roc_auc, \
-    train_evaluators
+from metrics.evaluators import train_evaluators
+from metrics.evaluators.validation import roc_auc
+from metrics.evaluators.world import captions, clip_canvases, held_out_combinations, recoloured, repaint
 from mosaic.data.synthetic import BACKGROUNDS, generate_sample, identities
 
 
@@ -37,9 +38,9 @@ def test_recolouring_never_makes_a_held_out_identity_and_keeps_the_texture():
                    for n in made)
     img, mask, s = torch.from_numpy(c.image).permute(2, 0, 1).float() / 255, torch.from_numpy(c.masks[0]), c.subjects[0]
     new = next(n for n in made if n["shape"] == s["shape"] and n["pattern"] == s["pattern"])
-    out = _recolour(img, mask, s, new)
+    out = repaint(img, mask, s, new)
     assert torch.equal(out[:, ~mask], img[:, ~mask]) and not torch.equal(out, img)
-    assert torch.allclose(_recolour(out, mask, new, s), img, atol=1.5 / 255)  # and back: the texture survives
+    assert torch.allclose(repaint(out, mask, new, s), img, atol=1.5 / 255)  # and back: the texture survives
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def evaluators(tmp_path_factory):
 def test_evaluators_separate_unseen_test_identities(evaluators):
     v = json.loads((evaluators / "validation.json").read_text())
     assert v["n_identities"] == 40 and v["n_views"] >= 120
-    for model in ("clip", "dino"):  # the bar; reference-vs-scene is what CLIP-I and DINO compare
+    for model in ("clip", "dino"):  # the bar the evaluators must clear; reference-vs-scene is what CLIP-I and DINO compare
         for pairs in ("all_pairs", "reference_pairs", "reference_vs_scene"):
             assert v[f"{model}_auc_{pairs}"] >= 0.9, (model, pairs, v)
     assert v["clip_caption_top1"] >= 5 * v["clip_caption_top1_chance"], v

@@ -1,11 +1,11 @@
-"""mosaic.tables (tables from MLflow runs) and mosaic.mlflow_store (idempotent relogging into one store)."""
+"""workflow.lib.tables (tables from MLflow runs) and mosaic.tracking.store (idempotent relogging into one store)."""
 import math
 
 import pandas as pd
 import pytest
 
-from mosaic import mlflow_store as ms
-from mosaic import tables
+from mosaic.tracking import store as ms
+from workflow.lib import tables
 
 
 def eval_runs(rows):

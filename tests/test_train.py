@@ -14,8 +14,9 @@ from mosaic.config import ConfigError, flatten, load_config
 from mosaic.data.sample import DataError
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import LoraSpec, build_model
-from mosaic.train import (CHECKPOINTS, TrainingError, apply_dropout, latest_checkpoint, sample_timesteps,
-                          step_generator, train)
+from mosaic.flow import sample_timesteps, step_generator
+from mosaic.runfolder import CHECKPOINTS
+from mosaic.train import TrainingError, apply_dropout, latest_checkpoint, train
 
 
 @pytest.fixture(scope="session")

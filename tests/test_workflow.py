@@ -58,6 +58,13 @@ def test_tiny_dry_run_builds_every_study():
     assert stats["mlflow_log"] == per_study
 
 
+def test_dry_run_writes_nothing(tmp_path):
+    """Parsing and planning have no side effects: the MLflow store and its generation id are written in
+    `onstart`, which a dry run never reaches."""
+    snakemake("-n", "--cores", "2", "--workflow-profile", "none", "-d", str(tmp_path))
+    assert not (tmp_path / "results").exists()
+
+
 def test_paper_dry_run_builds_the_full_dag_without_weights():
     assert not Path(PAPER["training"]["common"]["model.weights"]).exists()  # the dry run must not need them
     p = snakemake("-n", "--cores", "2", "--configfile", "workflow/config/paper.yaml", "-p")

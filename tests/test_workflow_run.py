@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mosaic import tables
-from mosaic.mlflow_store import store_uri
+from mosaic.tracking.store import store_uri
 from tests.workflow_helpers import micro_config, snakemake, write_config
+from workflow.lib import tables
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_deleted_store_is_rebuilt(run):
     table = pd.read_csv(work / "results" / "ablation.csv")
     # a fresh process: this one's MLflow client caches a connection to the deleted database file
     uri = store_uri(work / "results" / "mlflow")
-    ids = subprocess.run([sys.executable, "-c", f"from mosaic.tables import load_runs; "
+    ids = subprocess.run([sys.executable, "-c", f"from workflow.lib.tables import load_runs; "
                           f"print(' '.join(load_runs({uri!r}, 'ablation')['run_id']))"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert len(ids) == 4 and set(";".join(table["eval_run_ids"]).split(";")) == set(ids)

@@ -25,7 +25,10 @@ from typing import Any
 
 import torch
 
-from .base import ControlledBaseline, Extension
+from mosaic.extension import Extension
+from mosaic.losses import reference_attention
+
+from .base import ControlledBaseline
 
 
 def routing_loss(maps: torch.Tensor, token_masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -47,8 +50,6 @@ class RoutingProbe:
         self.terms: list[torch.Tensor] = []
 
     def __call__(self, i: int, q: torch.Tensor, k: torch.Tensor, layout) -> None:
-        from mosaic.losses import reference_attention
-
         if self.blocks is not None and i not in self.blocks:
             return
         b, n_k = self.valid.shape

@@ -21,7 +21,11 @@ from typing import Any
 
 import torch
 
-from .base import ControlledBaseline, Extension
+from mosaic.extension import Extension
+from mosaic.model import get_flavour
+from mosaic.model.weights import locate
+
+from .base import ControlledBaseline
 
 WORDS = re.compile(r"[a-z0-9]+")  # the words of mosaic.model.text.HashedWordEncoder (lower-cased prompt)
 
@@ -86,14 +90,10 @@ class XVerseExtension(Extension):
 
     def _token_spans(self):
         """The text encoder's tokens as character spans of the prompt (its max_length positions)."""
-        from mosaic.model import get_flavour
-
         text = get_flavour(self.cfg.model.flavour).text
         if text["kind"] == "hashed":
             return lambda prompt: [m.span() for m in WORDS.finditer(prompt.lower())][: text["max_length"]]
         from transformers import T5TokenizerFast
-
-        from mosaic.model.weights import locate
 
         root, sub = locate(self.cfg.model.weights, "tokenizer_2")
         tok = T5TokenizerFast.from_pretrained(root, subfolder=sub, local_files_only=True)

@@ -81,6 +81,19 @@ class BenchmarkSet:
                 f"{len(self.skipped)} skipped of {self.total} prompts ({self.source})")
 
 
+def benchmark_record(entry, image: str, method: str = "", seed: int | None = None) -> dict[str, Any]:
+    """The generated-images manifest line (metrics.manifest's format) of `entry` rendered as `image`."""
+    return {
+        "id": f"{entry.id}_s{seed}" if seed is not None else entry.id,
+        "image": str(image),
+        "prompt": entry.prompt,
+        "references": [{"image": str(p), "word": w, "category": c}
+                       for p, w, c in zip(entry.references, entry.subjects, entry.categories)],
+        "k": entry.k, "method": method, "seed": seed,
+        "benchmark": entry.benchmark, "scenario": entry.scenario, "entry": entry.id,
+    }
+
+
 def benchmarks_root(root: str | os.PathLike | None = None) -> Path:
     """The benchmark data folder: `root`, else $MOSAIC_BENCHMARKS, else ../shared/benchmarks."""
     if root is None:  # parents[2] is the project root (the folder holding the mosaic package)

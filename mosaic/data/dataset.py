@@ -154,3 +154,20 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             out["target_tokens"][i, j, : len(t)] = t
             out["point_mask"][i, j, : len(r)] = True
     return out
+
+
+def load_dataset(root: str | os.PathLike, cfg, codec, max_refs: int, max_k: int | None = None) -> "MultiSubjectDataset":
+    """The dataset at `root` tokenised for `codec` at the sizes of `cfg.data` (a mosaic.config.Config;
+    only its samples with k <= max_k if given), checked up front against the model's reference limit."""
+    spec = TokenSpec((cfg.data.target_size,) * 2, (cfg.data.ref_size,) * 2, codec.downsample, codec.patch)
+    ds = MultiSubjectDataset(root, spec, strict=cfg.data.strict, max_k=max_refs)
+    if max_k is not None:
+        ds.records = [r for r in ds.records if int(r["k"]) <= max_k]
+        if not ds.records:
+            raise DataError(f"{Path(root) / 'manifest.jsonl'}: no sample with k <= {max_k} (data.curriculum max_k)")
+    too_many = [r for r in ds.records if int(r["k"]) > max_refs]
+    if too_many:
+        raise DataError(f"{Path(root) / 'manifest.jsonl'}: sample {too_many[0]['id']} field k = {too_many[0]['k']} "
+                        f"exceeds the model's limit of {max_refs} references ({len(too_many)} such samples); "
+                        f"raise model.max_refs or filter the dataset")
+    return ds

@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..runfolder import atomic_file
 from .sample import Sample, load_sample, read_manifest
 from .tokens import map_correspondences
 
@@ -97,10 +98,6 @@ def write_preview(source: str | os.PathLike | Iterable[Sample], out_png: str | o
         y += b.height + 1
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(out) as tmp:
         sheet.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

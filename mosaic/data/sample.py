@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
+
+from ..runfolder import atomic_dir
 
 MANIFEST = "manifest.jsonl"
 METADATA = "dataset.json"
@@ -114,15 +115,14 @@ class DatasetWriter:
         self.root = Path(root)
         self.metadata = dict(metadata or {})
         self.overwrite = overwrite
-        self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
         self._records: list[dict[str, Any]] = []
         self._manifest = None
 
     def __enter__(self) -> "DatasetWriter":
         if self.root.exists() and not self.overwrite:
             raise FileExistsError(f"{self.root}: dataset already exists (pass overwrite=True to replace it)")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        self._folder = atomic_dir(self.root, overwrite=True)
+        self.tmp = self._folder.__enter__()
         self._manifest = open(self.tmp / MANIFEST, "w")
         return self
 
@@ -133,14 +133,10 @@ class DatasetWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._manifest.close()
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        meta = {"format_version": FORMAT_VERSION, "num_samples": len(self._records), **self.metadata}
-        (self.tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        os.replace(self.tmp, self.root)
+        if exc_type is None:
+            meta = {"format_version": FORMAT_VERSION, "num_samples": len(self._records), **self.metadata}
+            (self.tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        self._folder.__exit__(exc_type, exc, tb)
 
 
 def read_metadata(root: str | os.PathLike) -> dict[str, Any]:

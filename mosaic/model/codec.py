@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .flavours import Flavour, get_flavour
+from .weights import component_config, load_error, locate
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -96,8 +97,6 @@ class VaeCodec(Codec):
     @classmethod
     def from_pretrained(cls, weights: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VaeCodec:
         from diffusers import AutoencoderKL
-
-        from .weights import component_config, load_error, locate
 
         root, sub = locate(weights, "vae")
         component_config(root, sub, "_class_name", ("AutoencoderKL",))

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class Flavour:
@@ -24,7 +26,7 @@ class Flavour:
     notes: str = field(default="", compare=False)
 
 
-FLAVOURS: dict[str, Flavour] = {
+FLAVOURS: Registry[Flavour] = Registry("model flavour", {
     "flux-dev": Flavour(
         name="flux-dev",
         transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -53,13 +55,9 @@ FLAVOURS: dict[str, Flavour] = {
         text=dict(kind="hashed", max_length=8, dim=16, pooled_dim=16),
         max_refs=3,
     ),
-}
+})
 
 
 def get_flavour(flavour: str | Flavour) -> Flavour:
     """A flavour by name (or the flavour itself); ValueError naming the unknown name."""
-    if isinstance(flavour, Flavour):
-        return flavour
-    if flavour not in FLAVOURS:
-        raise ValueError(f"unknown model flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
-    return FLAVOURS[flavour]
+    return flavour if isinstance(flavour, Flavour) else FLAVOURS.get(flavour)

@@ -29,6 +29,7 @@ import zlib
 import torch
 
 from .flavours import Flavour, get_flavour
+from .weights import component_config, load_error, locate
 
 
 class _CountsTruncation:
@@ -96,8 +97,6 @@ class PromptTokens(_CountsTruncation):
     def __init__(self, weights: str | os.PathLike, max_length: int = 512):
         from transformers import CLIPTokenizer, T5TokenizerFast
 
-        from .weights import locate
-
         self.max_length, self.truncated = max_length, 0
         self.clip, self.t5 = (cls.from_pretrained(locate(weights, sub)[0], subfolder=sub, local_files_only=True)
                               for sub, cls in (("tokenizer", CLIPTokenizer), ("tokenizer_2", T5TokenizerFast)))
@@ -122,8 +121,6 @@ class T5ClipEncoder(_CountsTruncation):
                  device: str | torch.device = "cpu"):
         from diffusers import FluxPipeline
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
-
-        from .weights import component_config, load_error, locate
 
         parts = {}
         model_types = {"text_encoder": ("clip_text_model",), "text_encoder_2": ("t5",)}

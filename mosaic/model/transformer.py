@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,13 +17,14 @@ import torch
 from diffusers import FluxTransformer2DModel
 from torch.utils.checkpoint import checkpoint
 
+from ..runfolder import atomic_dir, atomic_file
 from . import fused
 from .flavours import Flavour, get_flavour
 from .layout import POS_SCHEMES, TokenLayout, position_ids
 from .lora import LoraSpec
+from .weights import component_config, load_error, locate
 
 ADAPTER = "default"
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 class MosaicTransformer(torch.nn.Module):
@@ -134,7 +133,7 @@ class MosaicTransformer(torch.nn.Module):
 
     def save_lora(self, path: str | os.PathLike) -> Path:
         """Write the LoRA as one safetensors file (diffusers/peft FLUX format, adapter config in its
-        metadata) atomically: a temporary file in the same folder, then os.replace."""
+        metadata) atomically (mosaic.runfolder)."""
         from diffusers import FluxPipeline
 
         self._require_lora()
@@ -144,10 +143,9 @@ class MosaicTransformer(torch.nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         sd = {k.removeprefix("transformer."): v for k, v in self.lora_state_dict().items()}
         meta = self.transformer.peft_config[ADAPTER].to_dict()
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-            FluxPipeline.save_lora_weights(tmp, transformer_lora_layers=sd, transformer_lora_adapter_metadata=meta,
-                                           weight_name=LORA_WEIGHT_NAME)
-            os.replace(Path(tmp) / LORA_WEIGHT_NAME, path)
+        with atomic_file(path) as tmp:
+            FluxPipeline.save_lora_weights(tmp.parent, transformer_lora_layers=sd,
+                                           transformer_lora_adapter_metadata=meta, weight_name=tmp.name)
         return path
 
     def load_lora(self, path: str | os.PathLike) -> None:
@@ -175,22 +173,13 @@ class MosaicTransformer(torch.nn.Module):
             raise ValueError("save_base saves a base model; this one carries a LoRA (use save_lora)")
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+        with atomic_dir(directory, overwrite=True) as tmp:  # e.g. a full disk: no partial folder is left behind
             self.transformer.save_pretrained(tmp)
-        except BaseException:  # e.g. a full disk: no partial folder is left behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
         return directory
 
 
 def load_transformer(flavour: Flavour, weights: str | os.PathLike, dtype: torch.dtype) -> FluxTransformer2DModel:
     """Pretrained transformer from a local folder or the local HF cache; its config must match the flavour."""
-    from .weights import component_config, load_error, locate
-
     root, sub = locate(weights, "transformer")
     folder = root / (sub or "")
     cfg = component_config(root, sub, "_class_name", ("FluxTransformer2DModel",))

@@ -5,9 +5,9 @@ and value the jobs logged side by side (--cores 2) is in the store."""
 import pandas as pd
 import pytest
 
-from mosaic import tables
-from mosaic.mlflow_store import store_uri
+from mosaic.tracking.store import store_uri
 from tests.workflow_helpers import micro_config, snakemake, write_config
+from workflow.lib import tables
 
 pytestmark = pytest.mark.slow
 RUN_IDS = ("eval_run_ids", "train_run_ids")  # different by construction; the table has no timing column

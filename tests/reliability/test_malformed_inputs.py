@@ -334,7 +334,8 @@ def test_lora_of_the_wrong_shapes(tmp_path):
 
 @pytest.mark.slow  # only for the first DeepSpeed engine of a process on CPU: it JIT-builds its comm op (~1-2 min)
 def test_nan_loss_at_a_step(base, tmp_path):
-    from mosaic.train import CHECKPOINTS, TrainingError, latest_checkpoint, train
+    from mosaic.runfolder import CHECKPOINTS
+    from mosaic.train import TrainingError, latest_checkpoint, train
 
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match=rf"step 3: non-finite loss \(.*total=nan\); stopped before the update; "
@@ -349,7 +350,8 @@ def test_nan_loss_at_a_step(base, tmp_path):
 
 @pytest.fixture(scope="module")
 def metric_models(tmp_path_factory):
-    from metrics.tiny_world import new_clip, new_vit, save_clip, save_dino
+    from metrics.evaluators.clip_training import new_clip, save_clip
+    from metrics.evaluators.dino_training import new_vit, save_dino
 
     root = tmp_path_factory.mktemp("metric-models")
     save_clip(new_clip(seed=1), root / "clip")

@@ -4,7 +4,7 @@
 # store, with its per-step metrics and artifacts) and one evaluation run per evaluation set, tagged
 # with the training's run id, into the study's experiment. Re-running replaces the runs it logged
 # before (tag wf_key). A new store (param generation, common.smk) reruns every logging job and table.
-# Tables: mosaic.tables over mlflow.search_runs, with the run ids of every row.
+# Tables: workflow.lib.tables over mlflow.search_runs, with the run ids of every row.
 
 
 rule mlflow_log:
@@ -61,7 +61,7 @@ for _study in STUDIES:
         input:
             study_markers(_study),
             # the table code itself: a changed table or figure rebuilds the tables (cheap), not the runs
-            code=[f"{SCRIPTS}/tables.py", *(os.path.join(ROOT, "mosaic", f) for f in ("tables.py", "figures.py"))],
+            code=[f"{SCRIPTS}/tables.py", *(os.path.join(LIB, f) for f in ("tables.py", "figures.py"))],
         output:
             **{k: table_report(_study, k, p) for k, p in TABLE_OUTPUTS[_study].items()},
         log:

@@ -1,22 +1,42 @@
 # Shared definitions: paths, the experiment grids (Paramspace), evaluation sets and the MLflow store.
+# Parsing this file has no side effects: it reads the config (and the store's generation id, if
+# the store exists); everything that writes happens in jobs or in the Snakefile's `onstart`.
 import itertools
 import json
 import uuid
+from pathlib import Path
 
 import pandas as pd
 from snakemake.utils import Paramspace
 
+from mosaic.runfolder import DONE_FILE
+
 ROOT = workflow.basedir  # the project root (this repository)
-PY = sys.executable  # the interpreter running Snakemake; its environment has the project installed
-SCRIPTS = os.path.join(ROOT, "workflow", "scripts")
-# Jobs run `python`: under --software-deployment-method conda the one of the rule env (its activation
-# comes first on PATH), else the one running Snakemake, even when that environment is not activated.
-os.environ.update(PATH=os.pathsep.join([os.path.dirname(PY), os.environ.get("PATH", "")]))
-# The project packages come from this checkout (conda environments do not install the project).
-shell.prefix(f"export PYTHONPATH={ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")  # (formatted twice)
+SCRIPTS = os.path.join(ROOT, "workflow", "scripts")  # the jobs' adapters (python workflow/scripts/<name>.py)
+LIB = os.path.join(ROOT, "workflow", "lib")  # what they import besides the project packages (workflow.lib)
+
+
+def _shell_prefix():
+    """The prefix of every job's shell command. PYTHONPATH: the project packages from this checkout
+    (conda environments do not install the project). PATH: `python` is the interpreter running
+    Snakemake (its environment has the project installed), even when that environment is not
+    activated; under --software-deployment-method conda, the python of the job's conda environment,
+    kept first: Snakemake activates that environment before the prefix runs, which shows as a
+    CONDA_PREFIX other than Snakemake's own."""
+    py_bin = os.path.dirname(sys.executable)
+    own_conda = os.environ.get("CONDA_PREFIX", "")
+    sh = (f'export PYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"; '
+          f'if [ "${{CONDA_PREFIX:-}}" != "{own_conda}" ]; then export PATH="$CONDA_PREFIX/bin:{py_bin}:$PATH"; '
+          f'else export PATH="{py_bin}:$PATH"; fi; ')
+    return sh.replace("{", "{{").replace("}", "}}")  # shell.prefix formats its string like a shell command
+
+
+shell.prefix(_shell_prefix())
 ENV = "../envs/mosaic.yaml"  # the conda environment of every rule (relative to workflow/rules/)
 R = config["results"]
 STORE = f"{R}/mlflow"  # sqlite store + artifacts; created in onstart
+STORE_DB = f"{STORE}/mlflow.db"  # = mosaic.tracking.store.DB_NAME (not imported while parsing: it sets an env var)
+STORE_GENERATION = f"{STORE}/generation"  # = mosaic.tracking.store.GENERATION_FILE
 LOGGED = f"{STORE}/logged"  # one marker (the run ids) per logging job
 STUDIES = list(config["studies"])
 SHARED_EXPERIMENT = "shared"  # the base model and the tiny-world evaluators, used by every study
@@ -26,19 +46,17 @@ TINY_EVALUATORS = config["metrics"]["evaluators"] is not None
 
 
 def store_generation():
-    """An id of the MLflow store, renewed whenever the store is missing (new, or deleted by hand).
+    """The id of the MLflow store: the one in its `generation` file, or a new one when the store is
+    missing (new, or deleted by hand). Only read here: `onstart` writes a new id with the new store
+    (`write_generation`), so the next parse reads it back.
 
     It is a param of every job that logs into the store or reads it, so deleting the store reruns
     exactly those jobs: Snakemake reruns a job for a changed param, never for a missing
-    intermediate file (the markers). Written here, at parse time, because the store itself is
-    created in onstart, after the DAG is built."""
-    path = f"{STORE}/generation"
-    if not os.path.exists(f"{STORE}/mlflow.db") or not os.path.exists(path):
-        os.makedirs(STORE, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(uuid.uuid4().hex)
-    with open(path) as f:
-        return f.read().strip()
+    intermediate file (the markers); and a second run with nothing changed does nothing."""
+    if os.path.isfile(STORE_DB) and os.path.isfile(STORE_GENERATION):
+        with open(STORE_GENERATION) as f:
+            return f.read().strip()
+    return uuid.uuid4().hex
 
 
 GENERATION = store_generation()
@@ -54,18 +72,25 @@ def _same(a, b):
 
 # ---------------------------------------------------------------- methods and evaluation sets
 
-METHODS = {name: dict(m) for name, m in config["methods"].items()}
-
-
-def sweep_method(alpha, beta):
-    """The method of a sweep cell: an existing plain method with exactly these loss weights, else a new one."""
+def sweep_cell(methods, alpha, beta):
+    """(name, method) of a sweep cell: a plain method of `methods` with exactly these loss weights, else a
+    new method `sweep-a<alpha>-b<beta>`."""
     overrides = {"loss.alpha": float(alpha), "loss.beta": float(beta)}
-    for name, m in METHODS.items():
+    for name, m in methods.items():
         if not m.get("baseline") and _same(m.get("overrides", {}), overrides):
-            return name
-    name = f"sweep-a{alpha:g}-b{beta:g}"
-    METHODS[name] = {"overrides": overrides, "label": f"alpha={alpha:g} beta={beta:g}"}
-    return name
+            return name, m
+    return f"sweep-a{alpha:g}-b{beta:g}", {"overrides": overrides, "label": f"alpha={alpha:g} beta={beta:g}"}
+
+
+def method_table(cfg):
+    """name -> settings of every method: the configured ones, then the sweep study's new cells."""
+    methods = {name: dict(m) for name, m in cfg["methods"].items()}
+    sweep = cfg["studies"].get("sweep")
+    cells = [sweep_cell(methods, a, b) for a, b in itertools.product(sweep["alpha"], sweep["beta"])] if sweep else []
+    return {**methods, **dict(cells)}
+
+
+METHODS = method_table(config)
 
 
 def _evalsets():
@@ -105,7 +130,7 @@ def study_rows(name):
     rows = []
     if name == "sweep":
         for a, b, k, s in itertools.product(study["alpha"], study["beta"], study["ktrain"], study["seeds"]):
-            rows.append({"method": sweep_method(a, b), "ktrain": k, "seed": s, "alpha": a, "beta": b})
+            rows.append({"method": sweep_cell(METHODS, a, b)[0], "ktrain": k, "seed": s, "alpha": a, "beta": b})
     else:
         trained = [m for m in study["methods"] if not METHODS[m].get("official")]
         for m, k, s in itertools.product(trained, study["ktrain"], study["seeds"]):
@@ -139,7 +164,7 @@ def dataset(split):
     return f"{R}/data/{DATA_KIND}/{split}"
 
 
-DONE = "done.json"  # a training's Snakemake output: the marker its run folder is finished (train.smk)
+DONE = DONE_FILE  # a training's Snakemake output: the marker its run folder is finished (train.smk)
 
 
 def run_dir(marker):
@@ -236,9 +261,21 @@ def launcher(resources):
 
 def create_store():
     """The sqlite store and one experiment per study, created once before any job (jobs only add runs)."""
-    from mosaic.mlflow_store import ensure_store
+    from mosaic.tracking.store import ensure_store
 
     ensure_store(STORE, [SHARED_EXPERIMENT, *STUDIES])
+
+
+def write_generation():
+    """Record GENERATION, the id this parse planned the jobs with, as the store's (a no-op for a store
+    that existed: its id was read); the next parse reads it back."""
+    from mosaic.runfolder import atomic_write
+
+    path = Path(STORE_GENERATION)
+    found = path.read_text().strip() if path.is_file() else None
+    if found != GENERATION:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, GENERATION)
 
 
 def all_targets():

@@ -1,5 +1,5 @@
 # Metric models. Tiny: a CLIP and a DINO trained once on train-split identities of the synthetic
-# world (metrics.tiny_world; their numbers are tiny-world numbers). Paper: the published models,
+# world (metrics.evaluators; their numbers are tiny-world numbers). Paper: the published models,
 # from the weights named in config metrics.config. Either way one metrics config file for the evaluations.
 
 if TINY_EVALUATORS:
@@ -18,7 +18,7 @@ if TINY_EVALUATORS:
         params:
             e=config["metrics"]["evaluators"],
         shell:
-            "OMP_NUM_THREADS={threads} python -m metrics.tiny_world {output} --clip-steps {params.e[clip_steps]}"
+            "OMP_NUM_THREADS={threads} python -m metrics.evaluators {output} --clip-steps {params.e[clip_steps]}"
             " --dino-steps {params.e[dino_steps]} --n-train {params.e[n_train]} --seed {params.e[seed]} > {log} 2>&1"
 
 

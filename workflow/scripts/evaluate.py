@@ -77,45 +77,41 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    from mosaic.figures import sample_sheet
-    from mosaic.tracking import provenance
+    from mosaic.runfolder import MANIFEST_FILE, atomic_dir
+    from mosaic.tracking.run import provenance
+    from workflow.lib.figures import sample_sheet
 
-    tmp = args.out.parent / f".{args.out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     cfg = json.loads(args.metrics_config.read_text())
-    lines = [json.loads(x) for x in (args.samples / "manifest.jsonl").read_text().splitlines() if x.strip()]
-    metrics, tags = image_metrics(args.samples, cfg, args.metric_names.split(","), tmp / "eval")
-    metrics["images"] = float(len(lines))
-    metrics["prompts"] = float(len({rec.get("entry", rec["id"]) for rec in lines}))
-    artifacts = ["eval/aggregate.csv", "eval/metrics.csv", "sheet.png"]
-    mech = mechanism(args.samples)
-    if mech:
-        metrics.update(mech)
-        for name in ("mechanism.json", "mechanism.png"):
-            if (args.samples / name).is_file():
-                shutil.copy(args.samples / name, tmp / name)
-                artifacts.append(name)
-    if args.benchmarks_root and args.benchmark in ("dreambench", "xversebench"):
-        metrics.update(benchmark_counts(args.benchmark, args.scenario, args.benchmarks_root))
-    method = lines[0].get("method", "")
-    sample_sheet(args.samples, tmp / "sheet.png", n=4, title=f"{method} on {args.evalset}")
-    settings = lines[0].get("meta", {}).get("settings", {})
-    seeds = sorted({rec.get("seed") for rec in lines})
-    record = {
-        "metrics": metrics,
-        "params": {**{f"sample.{k}": v for k, v in settings.items()},
-                   "sample.seeds": json.dumps(seeds),
-                   "metrics.config": json.dumps({k: cfg[k] for k in sorted(cfg)})[:6000]},
-        "tags": {**tags, "evalset": args.evalset, "benchmark": args.benchmark, "scenario": args.scenario,
-                 "n": str(args.n) if args.n is not None else "", "samples_dir": str(args.samples.resolve()),
-                 "sample_seeds": ",".join(map(str, seeds)), **provenance()},
-        "artifacts": artifacts,
-    }
-    (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    os.replace(tmp, args.out)
+    lines = [json.loads(x) for x in (args.samples / MANIFEST_FILE).read_text().splitlines() if x.strip()]
+    with atomic_dir(args.out, overwrite=True) as tmp:
+        metrics, tags = image_metrics(args.samples, cfg, args.metric_names.split(","), tmp / "eval")
+        metrics["images"] = float(len(lines))
+        metrics["prompts"] = float(len({rec.get("entry", rec["id"]) for rec in lines}))
+        artifacts = ["eval/aggregate.csv", "eval/metrics.csv", "sheet.png"]
+        mech = mechanism(args.samples)
+        if mech:
+            metrics.update(mech)
+            for name in ("mechanism.json", "mechanism.png"):
+                if (args.samples / name).is_file():
+                    shutil.copy(args.samples / name, tmp / name)
+                    artifacts.append(name)
+        if args.benchmarks_root and args.benchmark in ("dreambench", "xversebench"):
+            metrics.update(benchmark_counts(args.benchmark, args.scenario, args.benchmarks_root))
+        method = lines[0].get("method", "")
+        sample_sheet(args.samples, tmp / "sheet.png", n=4, title=f"{method} on {args.evalset}")
+        settings = lines[0].get("meta", {}).get("settings", {})
+        seeds = sorted({rec.get("seed") for rec in lines})
+        record = {
+            "metrics": metrics,
+            "params": {**{f"sample.{k}": v for k, v in settings.items()},
+                       "sample.seeds": json.dumps(seeds),
+                       "metrics.config": json.dumps({k: cfg[k] for k in sorted(cfg)})[:6000]},
+            "tags": {**tags, "evalset": args.evalset, "benchmark": args.benchmark, "scenario": args.scenario,
+                     "n": str(args.n) if args.n is not None else "", "samples_dir": str(args.samples.resolve()),
+                     "sample_seeds": ",".join(map(str, seeds)), **provenance()},
+            "artifacts": artifacts,
+        }
+        (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 

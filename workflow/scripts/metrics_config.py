@@ -2,20 +2,20 @@
 
     python workflow/scripts/metrics_config.py (--base FILE | --profile paper) --overrides JSON --out FILE
 
-The base is the tiny-world evaluators' config (written by metrics.tiny_world) or a metrics.config
+The base is the tiny-world evaluators' config (written by metrics.evaluators) or a metrics.config
 profile; the workflow config's metrics.config sections are merged over it (metrics.config.merge).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     from metrics.config import load_config, merge
+    from mosaic.runfolder import atomic_write
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     base = p.add_mutually_exclusive_group(required=True)
@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.base, None) if args.base else load_config(None, args.profile)
     cfg = merge(cfg, json.loads(args.overrides))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    os.replace(tmp, args.out)
+    atomic_write(args.out, json.dumps(cfg, indent=2, sort_keys=True))
     print(f"wrote {args.out}: {', '.join(sorted(cfg))}")
     return 0
 

@@ -3,7 +3,7 @@
     python workflow/scripts/mlflow_log.py --store results/mlflow --experiment ablation \
         [--train RUN_DIR] [--evals EVAL_DIR ...] [--evaluators DIR] --tags JSON --out MARKER.json
 
-The training run is copied from the run folder's own store (mosaic.mlflow_store.copy_run); each
+The training run is copied from the run folder's own store (mosaic.tracking.store.copy_run); each
 evaluation record becomes a run tagged kind=eval with the training's new run id (train_run_id).
 The marker lists the run ids; it is written last, so a failed job leaves none.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mosaic import mlflow_store as ms
+    from mosaic.runfolder import RUN_ID_FILE, atomic_write
+    from mosaic.tracking import store as ms
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True, type=Path)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     marker = {"store": uri, "generation": args.generation, "experiment": args.experiment, "train_run_id": None,
               "eval_run_ids": {}}
     if args.train is not None:
-        src_id = (args.train / "mlflow_run_id").read_text().strip()
+        src_id = (args.train / RUN_ID_FILE).read_text().strip()
         marker["train_run_id"] = ms.copy_run(ms.store_uri(args.train), src_id, uri, args.experiment,
                                              f"train:{args.train}", {**tags, "kind": "train",
                                                                      "run_dir": str(args.train.resolve())})
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"metrics": {k: v for k, v in validation.items() if isinstance(v, (int, float))},
                   "params": {k: v for k, v in validation.items() if not isinstance(v, (int, float))},
                   "artifacts": ["validation.json", "metrics_config.json"]}
-        from mosaic.tracking import provenance  # this checkout: the one that trained them
+        from mosaic.tracking.run import provenance  # this checkout: the one that trained them
 
         marker["train_run_id"] = ms.log_record(uri, args.experiment, f"evaluators:{args.evaluators}",
                                                "tiny-world evaluators", record, args.evaluators,
@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         marker["eval_run_ids"][evalset] = ms.log_record(uri, args.experiment, f"eval:{folder}", f"{name}/{evalset}",
                                                         record, folder, {**tags, **link})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(marker, indent=2))
-    os.replace(tmp, args.out)
+    atomic_write(args.out, json.dumps(marker, indent=2))
     print(json.dumps(marker, indent=2))
     return 0
 

@@ -6,40 +6,48 @@
 Samples every prompt with `mosaic.sample.sample_run` (images, per-reference attention maps and the
 manifest `mosaic eval` reads). With --mechanism (a --dataset with correspondences) it also
 measures the run's held-out alignment accuracy and leakage (mosaic.mechanism, teacher-forced) and
-writes mechanism.json and mechanism.png into the folder: the model is loaded once for both.
+writes mechanism.json and mechanism.png into the folder: the model is loaded once
+(`mosaic.sample.Sampler.from_run`) for both. The folder appears complete (mosaic.runfolder.atomic_dir).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 
-def mechanism(run: Path, data: Path, out: Path) -> None:
-    """mechanism.json (shares in [0, 1]) and mechanism.png of a trained run on a dataset with correspondences."""
+def mechanism(sampler, run: Path, data: Path) -> tuple[dict, list, str]:
+    """The held-out mechanism metrics (shares in [0, 1]) of a loaded run on a dataset with correspondences
+    (mosaic.mechanism.evaluate, teacher-forced): (results, figure rows, figure title)."""
     from mosaic import mechanism as mech
     from mosaic.config import load_config
-    from mosaic.sample import Sampler
-    from mosaic.train import load_dataset
+    from mosaic.data.dataset import load_dataset
+    from mosaic.runfolder import CONFIG_FILE
 
-    s = Sampler.from_run(run)
-    cfg = load_config(run / "config.yaml")
-    ds = load_dataset(str(data), cfg, s.codec, s.model.max_refs)
-    results, rows = mech.evaluate(s.model, s.codec, s.text_encoder, ds, cfg, s.device, s.dtype, s.extension)
+    cfg = load_config(run / CONFIG_FILE)
+    ds = load_dataset(str(data), cfg, sampler.codec, sampler.model.max_refs)
+    results, rows = mech.evaluate(sampler.model, sampler.codec, sampler.text_encoder, ds, cfg, sampler.device,
+                                  sampler.dtype, sampler.extension)
+    t = cfg.eval.timesteps[len(cfg.eval.timesteps) // 2]
+    return results, rows, f"{cfg.variant}, {data.name}\nteacher-forced, t={t:g}"
+
+
+def write_mechanism(results: dict, rows: list, title: str, out: Path) -> None:
+    """mechanism.json and, with figure rows, mechanism.png into the folder `out`."""
+    from mosaic import mechanism as mech
+
     (out / "mechanism.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     if rows:
-        t = cfg.eval.timesteps[len(cfg.eval.timesteps) // 2]
-        mech.draw_figure(rows, out / "mechanism.png", f"{cfg.variant}, {data.name}\nteacher-forced, t={t:g}")
+        mech.draw_figure(rows, out / "mechanism.png", title)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mosaic.sample import benchmark_requests, dataset_requests, sample_run
+    from mosaic.runfolder import atomic_dir
+    from mosaic.sample import Sampler, benchmark_requests, dataset_requests, sample_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, type=Path)
@@ -61,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     requests = (dataset_requests(args.dataset) if args.dataset
                 else benchmark_requests(args.benchmark, args.scenario, args.benchmarks_root))
     requests = requests[: args.limit] if args.limit else requests
-    with tempfile.TemporaryDirectory(dir=args.out.parent if args.out.parent.exists() else None) as tmp:
-        if args.mechanism:
-            mechanism(args.run, args.dataset, Path(tmp))
-        sample_run(args.run, requests, args.seeds, args.out, steps=args.steps, attention=True, overwrite=True)
-        for f in Path(tmp).iterdir():  # into the finished sample folder
-            shutil.move(str(f), args.out / f.name)
+    sampler = Sampler.from_run(args.run)  # the one model load of this job
+    measured = mechanism(sampler, args.run, args.dataset) if args.mechanism else None
+    with atomic_dir(args.out, overwrite=True) as tmp:  # the sample folder appears with its mechanism files
+        sample_run(sampler, requests, args.seeds, tmp, steps=args.steps, attention=True, overwrite=True)
+        if measured is not None:
+            write_mechanism(*measured, tmp)
     print(f"wrote {len(requests) * len(args.seeds)} images to {args.out}")
     return 0
 

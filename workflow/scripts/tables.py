@@ -1,4 +1,4 @@
-"""Workflow adapter: one study's tables and figures from its MLflow experiment (mosaic.tables).
+"""Workflow adapter: one study's tables and figures from its MLflow experiment (workflow.lib.tables).
 
     python workflow/scripts/tables.py STUDY --store results/mlflow --config JSON --out-<name> PATH ...
 
@@ -11,42 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 
-def attention_figures(runs, uri: str, methods: list[str], out: Path) -> None:
-    """Per method: the sheet.png / mechanism.png artifacts of its lowest-seed run on its largest held-out n."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for method in methods:
-        g = runs[runs["tags.method"] == method].copy()
-        if g.empty:
-            continue
-        g["_seed"] = g["tags.seed"].astype(int)
-        g["_n"] = g["tags.n"].replace("", "0").astype(int)
-        best = g.sort_values(["_seed", "_n"], ascending=[True, False]).iloc[0]
-        names = {a.path for a in client.list_artifacts(best["run_id"])}
-        with tempfile.TemporaryDirectory() as d:
-            for art, suffix in (("sheet.png", "sampled"), ("mechanism.png", "teacher_forced")):
-                if art in names:
-                    local = client.download_artifacts(best["run_id"], art, d)
-                    shutil.copy(local, tmp / f"{method}_{suffix}.png")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from mosaic import figures, tables
-    from mosaic.mlflow_store import check_generation, store_uri
+    from mosaic.tracking.store import check_generation, store_uri
+    from workflow.lib import figures, tables
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("study", choices=["ablation", "sweep", "scaling", "benchmark"])
@@ -66,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.study == "ablation":
         t = tables.ablation_table(runs, methods, paper)
         tables.write_csv(t, args.out_ablation)
-        attention_figures(runs, uri, list(methods), args.out_attention)
+        figures.attention_figures(runs, uri, list(methods), args.out_attention)
     elif args.study == "sweep":
         t = tables.sweep_table(runs)
         tables.write_csv(t, args.out_sweep)

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from mosaic.config import load_config
+    from mosaic.runfolder import atomic_write
     from mosaic.train import digest_inputs, reset_stale_output, train
 
     marker = args.out.resolve()
@@ -55,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.status != "finished":
         return 1
     if int(os.environ.get("RANK", 0)) == 0:
-        tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(json.dumps({"run_id": result.run_id, "step": result.step, "output": str(result.output),
-                                   "mechanism": result.mechanism}, indent=2, default=str))
-        os.replace(tmp, marker)
+        atomic_write(marker, json.dumps({"run_id": result.run_id, "step": result.step, "output": str(result.output),
+                                         "mechanism": result.mechanism}, indent=2, default=str))
     return 0
 
 

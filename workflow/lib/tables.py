@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from mosaic.runfolder import atomic_file
+
 CHANCE = "leakage at chance (%)"  # the leakage of a uniform attention: the share of other subjects' tokens
 SUBJECT_CHANCE = "subject leakage at chance (%)"  # the same for subject leakage: about (n-1)/n
 CHANCES = {"leakage (%)": CHANCE, "subject leakage (%)": SUBJECT_CHANCE}  # metric -> its chance column
@@ -38,7 +40,7 @@ def load_runs(tracking_uri: str, experiment: str, kind: str = "eval") -> pd.Data
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    from mosaic import retry
+    from mosaic.tracking import retry
 
     retry.client(tracking_uri)  # opens the store with the retry settings (busy timeout, locked-open retries)
     mlflow.set_tracking_uri(tracking_uri)
@@ -201,11 +203,11 @@ def benchmark_table(runs: pd.DataFrame, benchmark: str, methods: dict[str, dict]
 
 
 def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write `table` to `path` atomically (mosaic.runfolder.atomic_file); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        table.to_csv(tmp, index=False)
     return path
 
 

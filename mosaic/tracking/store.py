@@ -10,7 +10,7 @@ key again first deletes the runs logged under it before, so a rerun never duplic
 deleted store is rebuilt by logging again from the run folders. The workflow names each store by a
 generation id (file `generation`, renewed when the store is missing) and passes it to every job
 that logs into the store, so those jobs rerun when the store is new (`check_generation`). Every
-store call is retried while another job holds the sqlite lock (mosaic.retry); `_replace` (delete the
+store call is retried while another job holds the sqlite lock (mosaic.tracking.retry); `_replace` (delete the
 key's runs, create one) is retried as a whole, so a run an earlier attempt created is deleted again.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mosaic import retry
-from mosaic.tracking import CREATE_TAG
+from . import retry
+from .run import CREATE_TAG
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -73,7 +73,7 @@ def _experiment_id(client, name: str) -> str:
     exp = _call(client, "get_experiment_by_name", name)
     if exp is None:
         raise RuntimeError(f"{client.tracking_uri}: no experiment {name!r}; the store is created with its experiments "
-                           f"by the workflow's onstart (mosaic.mlflow_store.ensure_store)")
+                           f"by the workflow's onstart (mosaic.tracking.store.ensure_store)")
     return exp.experiment_id
 
 

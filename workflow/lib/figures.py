@@ -4,17 +4,23 @@ Why it exists: the report shows what the tables summarise. A sample sheet puts, 
 generated images, the references next to the image and each reference's attention over the
 target (the sampler's maps, `mosaic sample --attention`) overlaid on it; the scaling plot draws
 each metric against the number of subjects per method with error bars; the sweep heat map draws
-each metric over the alpha x beta grid. Every PNG is written under a temporary name, then renamed.
+each metric over the alpha x beta grid; the ablation's attention folder collects, per method, the
+sample sheet and the teacher-forced attention figure of one evaluation run from its MLflow
+artifacts. Every PNG and folder is written atomically (mosaic.runfolder).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from mosaic.runfolder import atomic_dir, atomic_file
 
 
 def _plt():
@@ -29,10 +35,11 @@ def _plt():
 def _save(fig, path: Path, dpi: int = 90) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    _plt().close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:  # keeps the suffix: savefig picks the format from it
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        _plt().close(fig)
     return path
 
 
@@ -135,3 +142,27 @@ def sweep_heatmap(table: pd.DataFrame, metrics: list[str], path: str | os.PathLi
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def attention_figures(runs: pd.DataFrame, uri: str, methods: list[str], out: str | os.PathLike) -> Path:
+    """The folder `out` of attention figures: per method, <method>_sampled.png and <method>_teacher_forced.png,
+    the sheet.png / mechanism.png artifacts of its lowest-seed evaluation run on its largest held-out n
+    (`runs`: the study's evaluation runs, as load_runs returns them; `uri`: their tracking store)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    with atomic_dir(Path(out), overwrite=True) as tmp:
+        for method in methods:
+            g = runs[runs["tags.method"] == method].copy()
+            if g.empty:
+                continue
+            g["_seed"] = g["tags.seed"].astype(int)
+            g["_n"] = g["tags.n"].replace("", "0").astype(int)
+            best = g.sort_values(["_seed", "_n"], ascending=[True, False]).iloc[0]
+            names = {a.path for a in client.list_artifacts(best["run_id"])}
+            with tempfile.TemporaryDirectory() as d:
+                for art, suffix in (("sheet.png", "sampled"), ("mechanism.png", "teacher_forced")):
+                    if art in names:
+                        local = client.download_artifacts(best["run_id"], art, d)
+                        shutil.copy(local, tmp / f"{method}_{suffix}.png")
+    return Path(out)

@@ -5,7 +5,7 @@ provenance (tags: variant, profile, git sha, seed, package versions), per-step m
 its artifacts. A restarted training must continue that run, not open a second one, so the
 run id is stored in the output folder and reused. Metrics are buffered and written in
 batches so logging does not slow the training loop. Every store call is retried while the sqlite
-store is locked by another job (mosaic.retry); creating the run is the one write that is not
+store is locked by another job (mosaic.tracking.retry); creating the run is the one write that is not
 idempotent, so a retried create first looks for the run an earlier attempt may have committed.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mosaic import retry
+from ..runfolder import RUN_ID_FILE, atomic_write
+from . import retry
 
-RUN_ID_FILE = "mlflow_run_id"
 CREATE_TAG = "mosaic.create_id"  # tells a retried create_run which run its earlier attempt made
 PACKAGES = ("torch", "diffusers", "peft", "deepspeed", "mlflow", "transformers")
 
@@ -111,9 +111,7 @@ class RunLogger:
         self.run_id = self._create_run(self._experiment_id(), run_name)
         self._call("log_batch", self.run_id, params=[Param(k, str(v)) for k, v in params.items()],
                    tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.run_id)
-        os.replace(tmp, path)
+        atomic_write(path, self.run_id)
         return self.run_id
 
     def _create_run(self, experiment_id: str, run_name: str | None) -> str:

@@ -1,0 +1,76 @@
+"""Tiny-world evaluators: a CLIP and a DINO trained on the synthetic world, and their check.
+
+Why it exists: no pretrained CLIP or DINO weights exist offline, so the tiny profile trains its
+own, through the same classes the metrics load (open_clip `CLIP`, a timm `VisionTransformer`),
+on train-split identities only. Training is kept out of the scoring modules: `metrics.clip` and
+`metrics.dino` only load and score.
+
+- `world`: the synthetic world's views, canvases, captions, recolourings and crops;
+- `clip_training`: the tiny CLIP (contrastive on scenes and subject crops) and its folder;
+- `dino_training`: the tiny DINO (self-distillation on two renderings of a subject) and its folder;
+- `validation`: ROC-AUCs and caption retrieval on test-split identities, which training never saw.
+
+`train_evaluators(out)` (or `python -m metrics.evaluators OUT`) writes `clip/` and `dino/`
+(loadable as `local-dir:` models), `metrics_config.json` (the tiny profile's metrics config) and
+`validation.json`. Their numbers are tiny-world numbers: comparable within this world only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mosaic.data.synthetic import SyntheticConfig
+from mosaic.runfolder import atomic_dir
+
+from ..clip import ClipModel
+from ..dino import DinoModel
+from .clip_training import save_clip, train_clip
+from .dino_training import save_dino, train_dino
+from .validation import check_evaluators, held_out_views
+from .world import clip_canvases, rendering_pairs
+
+__all__ = ["metrics_config", "train_evaluators"]
+
+
+def metrics_config(out: Path) -> dict[str, Any]:
+    """The tiny profile's metrics config pointing at the evaluators in `out`."""
+    clip = {"model": f"local-dir:{(out / 'clip').resolve()}", "world": "tiny"}
+    dino = {"model": f"local-dir:{(out / 'dino').resolve()}", "world": "tiny"}
+    return {"clip_i": clip, "clip_t": dict(clip), "dino": dino, "ip_sim": {"localiser": "masks", "max_instances": 3},
+            "mechanism": {}}
+
+
+def train_evaluators(out: str | os.PathLike, clip_steps: int = 1200, dino_steps: int = 400, seed: int = 0,
+                     n_train: int = 1500, cfg: SyntheticConfig | None = None, max_seconds: float | None = None,
+                     overwrite: bool = False, log=print) -> Path:
+    """Train both evaluators on train-split identities, check them on test identities, and
+    write them with their config and check results into `out` (atomically). Step counts make
+    a run reproducible; `max_seconds` optionally caps each trainer's wall time."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: evaluators already exist (pass overwrite=True to replace them)")
+    cap = math.inf if max_seconds is None else max_seconds
+    t0 = time.monotonic()
+    data = clip_canvases("train", n_train, seed, cfg=cfg)
+    pairs = rendering_pairs("train", n_train, seed, cfg)
+    log(f"{len(data)} CLIP canvases, {len(pairs)} rendering pairs ({time.monotonic() - t0:.0f}s)")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        t_clip = time.monotonic()
+        save_clip(train_clip(data, cap, seed, max_steps=clip_steps, cfg=cfg, log=log), tmp / "clip")
+        t_dino = time.monotonic()
+        save_dino(train_dino(pairs, cap, seed, max_steps=dino_steps, log=log), tmp / "dino")
+        t_end = time.monotonic()
+        cfg_tmp = metrics_config(tmp)
+        result = check_evaluators(ClipModel("clip_i", cfg_tmp["clip_i"]["model"]), DinoModel("dino", cfg_tmp["dino"]),
+                                  held_out_views(cfg=cfg))
+        result.update(clip_steps=clip_steps, dino_steps=dino_steps, clip_seconds=round(t_dino - t_clip, 1),
+                      dino_seconds=round(t_end - t_dino, 1), seed=seed, n_train_samples=n_train,
+                      world="tiny: comparable within the synthetic world only")
+        log(json.dumps(result, indent=2))
+        (tmp / "validation.json").write_text(json.dumps(result, indent=2))
+        (tmp / "metrics_config.json").write_text(json.dumps(metrics_config(out), indent=2))
+    return out

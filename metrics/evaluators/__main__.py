@@ -1,0 +1,29 @@
+"""`python -m metrics.evaluators OUT`: train and check the tiny-world CLIP and DINO into OUT.
+
+Why it exists: the workflow's `tiny_evaluators` rule runs it once per results folder.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import train_evaluators
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m metrics.evaluators", description=train_evaluators.__doc__)
+    p.add_argument("out", type=Path)
+    p.add_argument("--clip-steps", type=int, default=1200)
+    p.add_argument("--dino-steps", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=1500, help="train-split samples rendered for training")
+    p.add_argument("--max-seconds", type=float, help="cap on each trainer's wall time")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    train_evaluators(a.out, a.clip_steps, a.dino_steps, a.seed, a.n_train, max_seconds=a.max_seconds,
+                     overwrite=a.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""The model, codec and text encoder a config describes, built the same way for training and sampling.
+
+Why it exists: a LoRA or base weights trained by `mosaic train` load only into the model the
+trainer built, so the trainer and the sampler both build it here from the resolved config.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import Config
+from .model import LoraSpec, build_codec, build_model, build_text_encoder, get_flavour
+
+
+def build_components(cfg: Config, device: torch.device):
+    """(model, codec, text encoder) for the config's flavour; model on `device`, fp32 master weights."""
+    mc = cfg.model
+    lora = None
+    if cfg.train.mode == "lora":
+        kw = {"targets": tuple(mc.lora_targets)} if mc.lora_targets is not None else {}
+        lora = LoraSpec(rank=mc.lora_rank, alpha=mc.lora_alpha, dropout=mc.lora_dropout, **kw)
+    torch.manual_seed(cfg.train.seed)  # the LoRA's initial A matrices come from the global RNG
+    model = build_model(mc.flavour, weights=mc.weights, lora=lora, pos_scheme=mc.pos_scheme, max_refs=mc.max_refs,
+                        gradient_checkpointing=mc.gradient_checkpointing, seed=cfg.train.seed, device=device)
+    # only the weighted encoders live on a device
+    text_kw = {"device": device} if get_flavour(mc.flavour).text["kind"] == "t5-clip" else {}
+    codec = build_codec(mc.flavour, mc.weights)
+    if getattr(codec, "vae", None) is not None:
+        codec.vae.to(device)
+    return model, codec, build_text_encoder(mc.flavour, mc.weights, **text_kw)

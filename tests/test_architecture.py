@@ -1,0 +1,148 @@
+"""The dependency rule, checked on the source: which package may import which.
+
+`mosaic` (the method) imports nothing of `baselines`, `metrics` or `workflow`; those may import
+`mosaic`. `metrics` imports no model and no trainer. Packages form no cycle, nor do mosaic's own
+parts, and the trainer, the sampler and the mechanism evaluation share `mosaic.flow` without
+importing one another (the trainer may call the evaluator). Every import counts, including those
+inside functions; the only place that names another package lazily ("module:object") is the
+composition root, mosaic/cli.py.
+"""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("mosaic", "metrics", "baselines", "workflow")
+FORBIDDEN = {  # importer prefix -> imported prefixes it must not use
+    "mosaic": ("baselines", "metrics", "workflow"),
+    "metrics": ("mosaic.model", "mosaic.train", "mosaic.sample", "mosaic.mechanism", "mosaic.flow",
+                "mosaic.components", "mosaic.extension", "baselines", "workflow"),
+    "baselines": ("workflow",),
+    "mosaic.sample": ("mosaic.train", "mosaic.mechanism"),
+    "mosaic.mechanism": ("mosaic.train", "mosaic.sample"),
+    "mosaic.train": ("mosaic.sample",),
+}
+COMPOSITION_ROOT = "mosaic.cli"
+LAZY = re.compile(r"(baselines|metrics|workflow)(\.\w+)*:\w+")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def sources() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Every module `path` imports, at any depth of its code, relative imports resolved."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
+    return {m for m in out if m.split(".")[0] in PACKAGES}
+
+
+def within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def graph() -> dict[str, set[str]]:
+    src = sources()
+    return {name: imports(path, name, set(src)) for name, path in src.items()}
+
+
+def violations(edges: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for importer, targets in edges.items():
+        for prefix, banned in FORBIDDEN.items():
+            if within(importer, prefix):
+                bad += [f"{importer} -> {t} ({prefix} must not import {b})"
+                        for t in sorted(targets) for b in banned if within(t, b)]
+    return bad
+
+
+def cycles(edges: dict[str, set[str]], level) -> list[list[str]]:
+    """Cycles of the graph with every module collapsed to level(module) (a package, a part of mosaic)."""
+    g: dict[str, set[str]] = {}
+    for a, targets in edges.items():
+        for b in targets:
+            if level(a) != level(b):
+                g.setdefault(level(a), set()).add(level(b))
+    found, state = [], {}
+
+    def visit(n, path):
+        state[n] = "open"
+        for m in sorted(g.get(n, ())):
+            if state.get(m) == "open":
+                found.append(path[path.index(m):] + [m])
+            elif m not in state:
+                visit(m, path + [m])
+        state[n] = "done"
+
+    for n in sorted(g):
+        if n not in state:
+            visit(n, [n])
+    return found
+
+
+def package(m: str) -> str:
+    return m.split(".")[0]
+
+
+def mosaic_part(m: str) -> str:
+    """mosaic.train.loop -> mosaic.train; other packages collapse to themselves."""
+    parts = m.split(".")
+    return ".".join(parts[:2]) if parts[0] == "mosaic" else parts[0]
+
+
+def test_no_forbidden_import_and_no_cycle():
+    edges = graph()
+    assert len(edges) > 80  # the whole tree was parsed
+    assert violations(edges) == []
+    assert cycles(edges, package) == []
+    assert cycles({a: t for a, t in edges.items() if a.startswith("mosaic")}, mosaic_part) == []
+
+
+def test_only_the_composition_root_names_other_packages_lazily():
+    found = []
+    for name, path in sources().items():
+        if name.startswith("mosaic") and name != COMPOSITION_ROOT:
+            found += [f"{name}: {n.value!r}" for n in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(n, ast.Constant) and isinstance(n.value, str) and LAZY.fullmatch(n.value)]
+    assert found == []
+
+
+@pytest.mark.parametrize("importer, line, expected", [
+    ("mosaic.sample", "from baselines.registry import get_baseline", "mosaic must not import baselines"),
+    ("metrics.clip", "from mosaic.train import train", "metrics must not import mosaic.train"),
+    ("mosaic.mechanism", "from .train import step_generator", "mosaic.mechanism must not import mosaic.train"),
+])
+def test_an_added_edge_is_caught(tmp_path, importer, line, expected):
+    """The check is live: one forbidden import added inside a function of a copy of a module is reported."""
+    src = sources()
+    copy = tmp_path / src[importer].name  # same file name: relative imports resolve as in the real module
+    copy.write_text(src[importer].read_text() + f"\n\ndef _added():\n    {line}\n")
+    edges = graph()
+    assert not any(expected in v for v in violations(edges))
+    edges[importer] = imports(copy, importer, set(src))
+    assert any(expected in v for v in violations(edges))
+
+
+def test_a_cycle_is_caught():
+    edges = graph()
+    edges["mosaic.flow"] = edges["mosaic.flow"] | {"mosaic.train.loop"}  # the trainer imports flow: a cycle
+    assert cycles({a: t for a, t in edges.items() if a.startswith("mosaic")}, mosaic_part)
+    edges["mosaic.config"] = edges["mosaic.config"] | {"metrics.evaluate"}  # metrics imports mosaic: a cycle
+    assert cycles(edges, package)
