@@ -96,6 +96,7 @@ class TrainConfig:
     resolution_shift: bool = True  # FLUX's sequence-length dependent timestep shift
     guidance: float = 1.0  # guidance embedding value for guidance-distilled flavours
     nan_at_step: int | None = None  # fault injection: the loss at this step becomes NaN
+    allow_inactive_mdl: bool = False  # accept loss.beta > 0 on data where no sample can give MDL a value
 
     def __post_init__(self):
         total = self.drop_image + self.drop_text + self.drop_both

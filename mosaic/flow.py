@@ -3,7 +3,8 @@
 Why it exists: training, sampling and the held-out attention measurement must encode, noise,
 condition and call the model the same way; each of them calls these functions and none of them
 imports another. Conventions (FLUX's): x_t = (1 - t) x0 + t noise with t in (0, 1); the model
-returns the velocity noise - x0, which the training loss regresses and the Euler sampler follows.
+returns the velocity noise - x0 (or, for an x0-predicting flavour, the clean tokens, converted here),
+which the training loss regresses and the Euler sampler follows.
 Every random draw comes from an explicit generator, so a step is a pure function of its seeds.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from .config import Config
+
+X0_MIN_T = 0.05  # x0-prediction: the smallest t its velocity divides by
 
 
 @dataclass
@@ -92,12 +95,27 @@ def combine_hooks(*hooks):
     return lambda i, q, k, layout: [h(i, q, k, layout) for h in hooks]
 
 
+def to_velocity(output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The velocity noise - x0 that a network `output` stands for at (x_t, t).
+
+    "velocity": the output itself. "x0": the output is the clean x0_hat, and since
+    x_t = (1 - t) x0 + t noise, noise - x0 = (x_t - x0) / t; t is clamped at X0_MIN_T, where the
+    division would amplify the network's error without bound."""
+    if prediction == "velocity":
+        return output
+    if prediction == "x0":
+        return (xt - output) / t.clamp_min(X0_MIN_T)[:, None, None].to(xt)
+    raise ValueError(f"prediction {prediction!r}: expected 'velocity' or 'x0'")
+
+
 def velocity(model, enc: Encoded, xt: torch.Tensor, t: torch.Tensor, guidance: torch.Tensor | None,
              attn_hook=None, extra: dict[str, Any] | None = None) -> torch.Tensor:
-    """The model's velocity (noise - x0) at (x_t, t) given the encoded references and prompt.
+    """The model's velocity (noise - x0) at (x_t, t) [B] given the encoded references and prompt, whatever
+    its flavour predicts (`to_velocity`).
 
     `model` is the MosaicTransformer or the DeepSpeed engine wrapping it; `extra` holds the
     extension's forward inputs (mosaic.extension)."""
-    return model(target=xt, refs=enc.refs, ref_mask=enc.ref_mask, text=enc.text, pooled=enc.pooled, timestep=t,
-                 guidance=guidance, target_grid=enc.target_grid, ref_grid=enc.ref_grid, attn_hook=attn_hook,
-                 **(extra or {}))
+    out = model(target=xt, refs=enc.refs, ref_mask=enc.ref_mask, text=enc.text, pooled=enc.pooled, timestep=t,
+                guidance=guidance, target_grid=enc.target_grid, ref_grid=enc.ref_grid, attn_hook=attn_hook,
+                **(extra or {}))
+    return to_velocity(out, xt, t, getattr(model, "module", model).flavour.prediction)

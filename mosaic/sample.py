@@ -129,8 +129,13 @@ class Sampler:
 
     @torch.no_grad()
     def generate(self, prompt: str, references: list, seed: int, steps: int = 28, guidance: float | None = None,
-                 phrases: list[str] | None = None, attention: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(uint8 image [H, W, 3], per-reference attention maps [K, th, tw] or None)."""
+                 phrases: list[str] | None = None, attention: bool = False,
+                 cfg_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+        """(uint8 image [H, W, 3], per-reference attention maps [K, th, tw] or None).
+
+        cfg_scale != 1: classifier-free guidance on the prompt, v = v("") + s (v(prompt) - v("")), the same
+        references in both, for a base trained with text dropout (FLUX.1-dev is guidance-distilled instead:
+        its guidance embedding is `guidance`)."""
         k = len(references)
         if phrases is not None and len(phrases) != k:
             raise ValueError(f"{len(phrases)} phrases for {k} references")
@@ -143,13 +148,18 @@ class Sampler:
             refs = self.codec.encode(imgs.to(dev).float().div(127.5).sub(1)).unsqueeze(0).to(dt)
             ref_mask = torch.ones(1, k, dtype=torch.bool, device=dev)
             ref_grid = self.codec.grid(self.ref_size, self.ref_size)
-        text, pooled = self.text_encoder.encode([prompt])
-        text, pooled = text.to(dev, dt), pooled.to(dev, dt)
-        batch = {"prompt": [prompt], "phrases": [list(phrases or [""] * k)], "ref_mask": ref_mask,
-                 "ref_tokens": torch.zeros(1, k, 0, dtype=torch.long)}
         x0 = torch.zeros(1, n_tokens, self.model.in_channels, device=dev, dtype=dt)  # shape only
-        enc = Encoded(x0, refs, ref_mask, text, pooled, grid, ref_grid)
-        extra = self.extension.forward_kwargs(self.model, batch, [prompt], enc) if self.extension else {}
+
+        def condition(text_prompt: str):
+            text, pooled = self.text_encoder.encode([text_prompt])
+            batch = {"prompt": [text_prompt], "phrases": [list(phrases or [""] * k)], "ref_mask": ref_mask,
+                     "ref_tokens": torch.zeros(1, k, 0, dtype=torch.long)}
+            enc = Encoded(x0, refs, ref_mask, text.to(dev, dt), pooled.to(dev, dt), grid, ref_grid)
+            extra = self.extension.forward_kwargs(self.model, batch, [text_prompt], enc) if self.extension else {}
+            return batch, enc, extra
+
+        batch, enc, extra = condition(prompt)
+        uncond = condition("") if cfg_scale != 1 else None
         g = guidance_for(self.model, 1, self.guidance if guidance is None else guidance, dev, dt)
         sched, timesteps = flux_timesteps(steps, n_tokens, dev)
         gen = torch.Generator().manual_seed(int(seed))
@@ -158,7 +168,11 @@ class Sampler:
         probe_cfg = LossConfig(normalize_over="target", mdl_rows="all", blocks=self.attn_blocks)
         for t in timesteps:
             probe = AttentionProbe(probe_cfg, batch, recompute=False) if attention and k else None
-            v = velocity(self.model, enc, x, (t / 1000).expand(1).to(dt), g, probe, extra)
+            tt = (t / 1000).expand(1).to(dt)
+            v = velocity(self.model, enc, x, tt, g, probe, extra)
+            if uncond is not None:
+                v_u = velocity(self.model, uncond[1], x, tt, g, None, uncond[2])
+                v = v_u + cfg_scale * (v - v_u)
             x = sched.step(v, t, x).prev_sample
             if probe is not None:
                 m = probe.maps()[0].mean(1).float()  # [K, Nt]: mean over the reference's tokens
@@ -235,15 +249,16 @@ def write_outputs(generate, requests: list[Request], seeds: list[int], out: str 
 
 def sample_run(run: "str | os.PathLike | Sampler", requests: list[Request], seeds: list[int], out: str | os.PathLike,
                steps: int = 28, guidance: float | None = None, attention: bool = False, method: str = "",
-               device: str | None = None, overwrite: bool = False) -> Path:
+               device: str | None = None, overwrite: bool = False, cfg_scale: float = 1.0) -> Path:
     """Sample a training run (MOSAIC or a controlled baseline; a run folder or its loaded Sampler) into `out`."""
     s = run if isinstance(run, Sampler) else Sampler.from_run(run, device)
-    settings = {"steps": steps, "guidance": s.guidance if guidance is None else guidance,
+    settings = {"steps": steps, "guidance": s.guidance if guidance is None else guidance, "cfg_scale": cfg_scale,
                 "target_size": s.target_size, "ref_size": s.ref_size,
                 "scheduler": "FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER}
 
     def generate(req: Request, seed: int):
-        return s.generate(req.prompt, req.references, seed, steps, guidance, req.phrases or None, attention)
+        return s.generate(req.prompt, req.references, seed, steps, guidance, req.phrases or None, attention,
+                          cfg_scale)
 
     def truncation(req: Request) -> dict[str, Any]:  # the text encoder keeps only its first max_length tokens
         return {"prompt_truncated": s.text_encoder.overflow(req.prompt)}
@@ -278,6 +293,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=28, help="Euler steps (--run)")
     p.add_argument("--guidance", type=float,
                    help="guidance embedding (--run; default: 3.5 for flux-dev, else the run's train.guidance)")
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance on the prompt (--run; 1: off), for a base trained with text dropout")
     p.add_argument("--limit", type=int, help="only the first N prompts")
     p.add_argument("--attention", action="store_true", help="also write per-reference attention maps (--run)")
     p.add_argument("--method", help="method name in the manifest (default: the run's variant)")
@@ -304,6 +321,6 @@ def run(args: argparse.Namespace) -> int:
     """`mosaic sample --run RUN` (the CLI sends --baseline to baselines.sample)."""
     requests = requests_from_args(args)
     out = sample_run(args.run, requests, args.seeds, args.out, args.steps, args.guidance, args.attention,
-                     args.method or "", args.device, args.overwrite)
+                     args.method or "", args.device, args.overwrite, args.cfg_scale)
     print(f"wrote {len(requests) * len(args.seeds)} images to {out}")
     return 0

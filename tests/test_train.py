@@ -269,3 +269,18 @@ def test_extension_and_curriculum(tmp_path, data):
 
     with pytest.raises(ConfigError, match="model.extension: cannot import 'no_such_module:X'"):
         train(load_config(None, overrides(tmp_path / "x", data, "model.extension=no_such_module:X")))
+
+
+def test_mdl_on_single_subject_data_is_refused_up_front_unless_accepted(tmp_path):
+    single = generate_dataset(tmp_path / "single", 3, 0, "train", 1, 1)
+    cfg = load_config(None, overrides(tmp_path, {"train": single}, "loss.alpha=0.4", "loss.beta=0.6"))
+    with pytest.raises(ConfigError, match=r"single: loss.beta = 0.6 but no sample has two or more references "
+                                          r"with correspondence points \(samples per k: \{1: 3\}\)"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was written
+    accepted = load_config(None, overrides(tmp_path, {"train": single}, "loss.beta=0.6", "train.steps=1",
+                                           "train.batch_size=1", "train.allow_inactive_mdl=true"))
+    result = train(accepted)
+    assert result.status == "finished"
+    client, run = only_run(tmp_path)
+    assert run.data.metrics["loss/mdl"] == 0.0  # what the guard warns of: MDL contributes nothing

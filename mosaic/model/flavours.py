@@ -16,6 +16,9 @@ from typing import Any
 from ..registry import Registry
 
 
+PREDICTIONS = ("velocity", "x0")
+
+
 @dataclass(frozen=True)
 class Flavour:
     name: str
@@ -23,7 +26,14 @@ class Flavour:
     codec: dict[str, Any]  # {"kind": "vae" | "pixel", "downsample": int, "patch": int}
     text: dict[str, Any]  # {"kind": "t5-clip" | "hashed", "max_length": int, ...}
     max_refs: int = 4
+    # what the network outputs: "velocity" (noise - x0, as FLUX.1-dev was trained) or "x0" (the clean
+    # tokens, converted to a velocity in mosaic.flow), for tokens wider than the model (Li & He 2025, JiT)
+    prediction: str = "velocity"
     notes: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"flavour {self.name!r}: prediction {self.prediction!r} is not one of {PREDICTIONS}")
 
 
 FLAVOURS: Registry[Flavour] = Registry("model flavour", {

@@ -58,7 +58,8 @@ class MosaicTransformer(torch.nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, target, refs, ref_mask, text, pooled, timestep, guidance=None, *, target_grid,
                 ref_grid=None, attn_hook=None, ref_offset=None, text_temb_offset=None) -> torch.Tensor:
-        """Velocity prediction (noise - x0, the FLUX convention) for the target tokens: [B, Nt, C].
+        """The flavour's prediction for the target tokens [B, Nt, C]: the velocity noise - x0 (FLUX's
+        convention) or, for an x0 flavour, the clean tokens (mosaic.flow.to_velocity converts).
 
         target [B, Nt, C] noisy target tokens; refs [B, K, Nr, C] clean reference tokens, or None for plain
         text-to-image; ref_mask [B, K] bool (False = padding, no effect) or None (all real); text [B, L, D]

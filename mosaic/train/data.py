@@ -5,12 +5,13 @@ sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.dataset import collate, load_dataset
 
 
@@ -71,3 +72,22 @@ def batch_stream(stages: list[tuple[int, Batches]], step: int, total: int):
             it = batches.from_step(max(step, start) - start)
             for _ in range(max(step, start), end):
                 yield next(it)
+
+
+def check_mdl_active(cfg: Config, datasets: list) -> None:
+    """MDL separates the attention of two or more annotated references of one sample; on data where no
+    sample has two (e.g. single-subject data), it is identically zero while beta > 0 says it trains.
+    Refuse that up front, naming the data and its K distribution, unless train.allow_inactive_mdl."""
+    if cfg.train.mode != "lora" or cfg.loss.beta <= 0 or cfg.train.allow_inactive_mdl:
+        return
+    ks, annotated = Counter(), 0
+    for ds in datasets:
+        for r in ds.records:
+            ks[int(r["k"])] += 1
+            annotated += sum(int(ref.get("num_points", 1)) > 0 for ref in r["references"]) >= 2
+    if not annotated:
+        roots = ", ".join(str(ds.root) for ds in datasets)
+        raise ConfigError(f"{roots}: loss.beta = {cfg.loss.beta:g} but no sample has two or more references with "
+                          f"correspondence points (samples per k: {dict(sorted(ks.items()))}), so MDL is "
+                          f"identically zero; train on multi-subject data, set loss.beta=0, or accept it with "
+                          f"train.allow_inactive_mdl=true")

@@ -24,7 +24,7 @@ from ..model.weights import locate
 from ..runfolder import CHECKPOINTS
 from .callbacks import Callback, StopFlag, fault_callbacks
 from .checkpoint import Checkpointer, TrainingError, latest_checkpoint
-from .data import apply_dropout, batch_stream, data_stages
+from .data import apply_dropout, batch_stream, check_mdl_active, data_stages
 from .distributed import build_engine, setup_distributed
 from .objective import forward_losses
 from .resume import prepare_output
@@ -54,6 +54,7 @@ def train(cfg: Config, stop_after: int | None = None, callbacks: list[Callback] 
     if ext is not None:
         ext.setup(model)  # may attach trainable modules: before the optimizer sees the parameters
     stages = data_stages(cfg, codec, model.max_refs, rank, world)
+    check_mdl_active(cfg, [batches.dataset for _, batches in stages])
     val = None  # read now, so a bad val split fails before training rather than after
     if lora_mode and cfg.data.val and cfg.eval.enabled:
         val = load_dataset(cfg.data.val, cfg, codec, model.max_refs)
