@@ -5,7 +5,8 @@
         --arm v:prediction=velocity --arm x0:prediction=x0 --steps 1500 --batch 4 --cfg 1 3
 
 Each arm trains a text-to-image base (`mosaic train`, train.mode=base) with the given flavour
-prediction ("velocity" or "x0") and trainer overrides (`key=value`, e.g. train.lr=3e-4), then samples
+prediction ("velocity" or "x0"), transformer sizes (`flavour.num_attention_heads=8`, ...) and trainer
+overrides (`key=value`, e.g. train.lr=3e-4), then samples
 every test prompt without references (28 Euler steps, seed 0, each --cfg scale) and prints the
 tiny-world CLIP-T of its samples beside the real targets' (the ceiling), with the training time.
 Contact sheets: <out>/<arm>/sheet_cfg<s>.png. Timings are of this machine, one run.
@@ -30,13 +31,16 @@ from mosaic.sample import Request, Sampler, dataset_requests
 from mosaic.train import train
 
 
-def flavour_for(prediction: str, base: str = "tiny") -> str:
-    """The tiny flavour with this prediction, registered for this process if it is not the stock one."""
-    if FLAVOURS[base].prediction == prediction:
+def flavour_for(prediction: str, transformer: dict[str, int], base: str = "tiny") -> str:
+    """The tiny flavour with this prediction and these transformer kwargs, registered for this process if it
+    is not the stock one."""
+    stock = FLAVOURS[base]
+    if stock.prediction == prediction and not transformer:
         return base
-    name = f"{base}-{prediction}"
+    name = "-".join([base, prediction, *(f"{k}{v}" for k, v in sorted(transformer.items()))])
     if name not in FLAVOURS:
-        FLAVOURS.add(name, dataclasses.replace(FLAVOURS[base], name=name, prediction=prediction))
+        FLAVOURS.add(name, dataclasses.replace(stock, name=name, prediction=prediction,
+                                               transformer={**stock.transformer, **transformer}))
     return name
 
 
@@ -79,7 +83,8 @@ def main() -> None:
     for arm in a.arm:
         name, _, spec = arm.partition(":")
         kv = dict(item.split("=", 1) for item in spec.split(",") if item)
-        flavour = flavour_for(kv.pop("prediction", "velocity"))
+        shape = {k.removeprefix("flavour."): int(kv.pop(k)) for k in list(kv) if k.startswith("flavour.")}
+        flavour = flavour_for(kv.pop("prediction", "velocity"), shape)
         out = a.out / name
         cfg = load_config(None, [f"data.train={a.data}", "data.val=null", "train.mode=base", f"model.flavour={flavour}",
                                  f"train.steps={a.steps}", f"train.batch_size={a.batch}", "train.drop_text=0.1",

@@ -81,11 +81,14 @@ def test_validate_reports_problems_and_exit_code(tmp_path, capsys, monkeypatch):
 def test_validate_with_real_validator(tmp_path, capsys):
     pytest.importorskip("mosaic.data.validate")
     assert main(["data", "generate", "--out", str(tmp_path / "ds"), "--n", "2"]) == 0
-    assert main(["data", "validate", str(tmp_path / "ds")]) == 0
-    assert "OK: 2 samples" in capsys.readouterr().out
+    report = tmp_path / "ds.validated.txt"
+    assert main(["data", "validate", str(tmp_path / "ds"), "--report", str(report)]) == 0
+    assert "OK: 2 samples" in capsys.readouterr().out and report.read_text() == "OK: 2 samples\n"
+    report.unlink()
     (tmp_path / "ds" / "samples" / "train-000000" / "target.png").write_bytes(b"not a png")
-    assert main(["data", "validate", str(tmp_path / "ds")]) == 1
+    assert main(["data", "validate", str(tmp_path / "ds"), "--report", str(report)]) == 1
     assert "target.png" in capsys.readouterr().out
+    assert not report.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no marker, no temporary
 
 
 def test_collage_and_benchmark_commands(tmp_path, capsys):

@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("path", help="dataset folder")
     c.add_argument("--flavour", help="also list the prompts this model flavour's text encoder would truncate")
     c.add_argument("--weights", help="with a t5-clip flavour: the local diffusers FLUX folder (its tokenizers)")
+    c.add_argument("--report", help="also write the report to this file, only when the folder is valid (atomically)")
 
     m = sub.add_parser("collage", help="compose single-subject samples into multi-subject collages")
     m.add_argument("source", help="dataset folder of single-subject samples")
@@ -99,7 +100,12 @@ def _validate(args) -> int:
     if problems:
         print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
         return 1
-    print(f"OK: {len(read_manifest(args.path))} samples")
+    report = f"OK: {len(read_manifest(args.path))} samples"
+    print(report)
+    if args.report:
+        from ..runfolder import atomic_write
+
+        atomic_write(args.report, report + "\n")
     return 0
 
 

@@ -76,7 +76,7 @@ rule data_validate:
     wildcard_constraints:
         kind="synthetic|collage",
     shell:
-        "python -m mosaic.cli data validate {input} > {output}.tmp 2> {log} && mv {output}.tmp {output}"
+        "python -m mosaic.cli data validate {input} --report {output} > {log} 2>&1"
 
 
 rule data_preview:
