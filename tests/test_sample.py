@@ -59,6 +59,17 @@ def test_same_seed_same_image_different_seed_different(sampler):
     assert not np.array_equal(a, d)  # the references condition the image
 
 
+def test_classifier_free_guidance_extrapolates_from_the_empty_prompt(sampler):
+    r = refs(2)
+    plain, _ = sampler.generate("a red star and a blue moon", r, seed=3, steps=3)
+    assert np.array_equal(plain, sampler.generate("a red star and a blue moon", r, seed=3, steps=3, cfg_scale=1)[0])
+    empty, _ = sampler.generate("", r, seed=3, steps=3)
+    # scale 0 is the unconditional velocity alone: the image of the empty prompt, same references
+    assert np.array_equal(empty, sampler.generate("a red star and a blue moon", r, seed=3, steps=3, cfg_scale=0)[0])
+    guided, _ = sampler.generate("a red star and a blue moon", r, seed=3, steps=3, cfg_scale=3)
+    assert not np.array_equal(guided, plain) and not np.array_equal(guided, empty)
+
+
 def test_attention_maps_are_per_subject_distributions_and_do_not_change_the_image(sampler):
     r = refs(3)
     plain, none = sampler.generate("three things", r, seed=1, steps=2)
