@@ -7,7 +7,8 @@
 Each arm trains a text-to-image base (`mosaic train`, train.mode=base) with the given flavour
 prediction ("velocity" or "x0"), transformer sizes (`flavour.num_attention_heads=8`, ...) and trainer
 overrides (`key=value`, e.g. train.lr=3e-4), then samples
-every test prompt without references (28 Euler steps, seed 0, each --cfg scale) and prints the
+every test prompt without references (mosaic.sample.sample_run: 28 Euler steps, seed 0, each --cfg
+scale) and prints the
 tiny-world CLIP-T of its samples beside the real targets' (the ceiling), with the training time.
 Contact sheets: <out>/<arm>/sheet_cfg<s>.png. Timings are of this machine, one run.
 """
@@ -23,11 +24,12 @@ import numpy as np
 from PIL import Image
 
 from metrics.evaluate import evaluate
-from metrics.manifest import Item
+from metrics.manifest import Item, read_items
 from mosaic.config import load_config
 from mosaic.data.sample import read_manifest
 from mosaic.model.flavours import FLAVOURS
-from mosaic.sample import Request, Sampler, dataset_requests
+from mosaic.runfolder import MANIFEST_FILE, atomic_file
+from mosaic.sample import Request, Sampler, dataset_requests, sample_run
 from mosaic.train import train
 
 
@@ -44,9 +46,7 @@ def flavour_for(prediction: str, transformer: dict[str, int], base: str = "tiny"
     return name
 
 
-def clip_t(paths: list[Path], prompts: list[str], metrics_cfg: dict) -> float:
-    items = [Item(id=str(i), image=p, prompt=pr, references=[], clip_t_prompt=pr) for i, (p, pr) in
-             enumerate(zip(paths, prompts))]
+def clip_t(items: list[Item], metrics_cfg: dict) -> float:
     _, agg, _ = evaluate(items, metrics_cfg, ["CLIP-T"])
     return float(agg.loc[agg.metric == "CLIP-T", "value"].iloc[0])
 
@@ -58,7 +58,8 @@ def sheet(images: list[np.ndarray], path: Path, cols: int = 8) -> None:
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
         canvas[r * (h + 2): r * (h + 2) + h, c * (w + 2): c * (w + 2) + w] = im
-    Image.fromarray(canvas).save(path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(canvas).save(tmp)
 
 
 def main() -> None:
@@ -77,7 +78,7 @@ def main() -> None:
     metrics_cfg = json.loads((Path(a.evaluators) / "metrics_config.json").read_text())
     test = Path(a.test).resolve()
     recs = read_manifest(test)
-    ceiling = clip_t([test / r["target"] for r in recs], [r["prompt"] for r in recs], metrics_cfg)
+    ceiling = clip_t([Item(r["id"], test / r["target"], r["prompt"], []) for r in recs], metrics_cfg)
     print(f"real targets: CLIP-T {ceiling:.1f} ({len(recs)} prompts of {test.name})")
     prompts = [Request(r.id, r.prompt, []) for r in dataset_requests(test)]
     for arm in a.arm:
@@ -95,16 +96,11 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         s = Sampler.from_run(out)
         for scale in a.cfg:
-            folder = out / f"samples_cfg{scale:g}"
-            folder.mkdir(parents=True, exist_ok=True)
-            images, paths = [], []
-            for r in prompts:
-                img, _ = s.generate(r.prompt, [], 0, a.sample_steps, cfg_scale=scale)
-                Image.fromarray(img).save(folder / f"{r.id}.png")
-                images.append(img)
-                paths.append(folder / f"{r.id}.png")
-            sheet(images, out / f"sheet_cfg{scale:g}.png")
-            score = clip_t(paths, [r.prompt for r in prompts], metrics_cfg)
+            folder = sample_run(s, prompts, [0], out / f"samples_cfg{scale:g}", a.sample_steps, overwrite=True,
+                                cfg_scale=scale)
+            items = read_items(folder / MANIFEST_FILE)
+            sheet([np.asarray(Image.open(it.image).convert("RGB")) for it in items], out / f"sheet_cfg{scale:g}.png")
+            score = clip_t(items, metrics_cfg)
             print(f"{name} ({flavour}, {kv or 'defaults'}): trained {a.steps} x {a.batch} in {seconds:.0f} s; "
                   f"cfg {scale:g}: CLIP-T {score:.1f} = {100 * score / ceiling:.0f}% of the real targets'", flush=True)
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from mosaic.data.sample import read_manifest
 from mosaic.model.codec import PixelCodec, VaeCodec
+from mosaic.runfolder import atomic_file
 
 
 def images(root: Path, with_refs: bool) -> torch.Tensor:
@@ -92,7 +93,8 @@ def main() -> None:
         tokens = codec.encode(test)
     vae.save_pretrained(a.out / "vae")
     grid = torch.cat([torch.cat(list(test), 2), torch.cat(list(rec.clamp(-1, 1)), 2)], 1)
-    Image.fromarray(((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(a.out / "recon.png")
+    with atomic_file(a.out / "recon.png") as tmp:
+        Image.fromarray(((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(tmp)
     print(f"trained {a.steps} x {a.batch} in {seconds:.0f} s; held-out PSNR {psnr(rec, test):.1f} dB "
           f"({len(test)} test targets); tokens {tuple(tokens.shape[1:])} (std {float(tokens.std()):.2f}); "
           f"round trip {1e3 * vae_s:.1f} ms/image vs pixel codec {1e3 * pix_s:.2f} ms "
