@@ -68,5 +68,17 @@ def load_config(path: str | Path | None = None, profile: str | None = "paper") -
         for key in data:  # a misspelt section would otherwise be ignored and its metric silently not run
             if key not in known:
                 raise ValueError(f"{path}: section {key!r} is no metric's config section; known: {', '.join(known)}")
-        cfg = merge(cfg, data)
+        cfg = merge(cfg, _resolve_local_dirs(data, path.parent))
     return cfg
+
+
+def _resolve_local_dirs(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A relative `local-dir:` model path is relative to the config file's folder (a shipped evaluators
+    folder is relocatable); absolute ones are kept."""
+    out = {}
+    for name, sec in data.items():
+        model = sec.get("model")
+        if isinstance(model, str) and model.startswith("local-dir:") and not Path(model[10:]).is_absolute():
+            sec = {**sec, "model": f"local-dir:{(folder / model[10:]).resolve()}"}
+        out[name] = sec
+    return out

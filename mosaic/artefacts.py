@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .runfolder import atomic_write
+from .runfolder import atomic_dir, atomic_write
 from .tracking.run import git_sha, package_versions
 
 PROVENANCE_FILE = "provenance.json"
@@ -66,3 +67,34 @@ def verify(folder: str | os.PathLike) -> dict[str, Any]:
     if extra:
         raise ArtefactError(f"{folder}: files not in {path}: {', '.join(extra)}")
     return record
+
+
+def provenance_folder(path: str | os.PathLike, levels: int = 2) -> Path | None:
+    """The artefact folder `path` belongs to: itself or one of its `levels` nearest parents holding a
+    provenance.json; None for a plain folder (weights a user trained or downloaded)."""
+    p = Path(path).resolve()
+    for folder in [p, *p.parents][: levels + 1]:
+        if (folder / PROVENANCE_FILE).is_file():
+            return folder
+    return None
+
+
+def check_artefact(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Verify the artefact folder `path` lies in (see `provenance_folder`) before anything loads from
+    it; its provenance, or None when `path` is not part of one."""
+    folder = provenance_folder(path)
+    return verify(folder) if folder is not None else None
+
+
+def ship(parts: dict[str, str | os.PathLike], out: str | os.PathLike, command: str, config: dict[str, Any],
+         **facts: Any) -> Path:
+    """Copy each source folder to `out/<name>` and record their provenance; `out` is replaced whole and
+    only once everything is written, so a failed ship leaves the previous artefact in place."""
+    with atomic_dir(out, overwrite=True) as tmp:
+        for name, src in parts.items():
+            src = Path(src)
+            if not src.is_dir():
+                raise ArtefactError(f"{src}: the {name!r} part to ship is not a folder")
+            shutil.copytree(src, tmp / name, ignore=shutil.ignore_patterns(".snakemake*"))
+        write_provenance(tmp, command, config, **facts)
+    return Path(out)

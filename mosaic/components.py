@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .artefacts import check_artefact
 from .config import Config
 from .model import LoraSpec, build_codec, build_model, build_text_encoder, get_flavour
 
@@ -14,6 +15,8 @@ from .model import LoraSpec, build_codec, build_model, build_text_encoder, get_f
 def build_components(cfg: Config, device: torch.device):
     """(model, codec, text encoder) for the config's flavour; model on `device`, fp32 master weights."""
     mc = cfg.model
+    if mc.weights is not None:
+        check_artefact(mc.weights)  # a shipped base: refused if its bytes disagree with its provenance
     lora = None
     if cfg.train.mode == "lora":
         kw = {"targets": tuple(mc.lora_targets)} if mc.lora_targets is not None else {}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metrics.config import load_config
 from metrics.evaluate import evaluate, image_summary
 from metrics.manifest import Item, RefInput
 from metrics.evaluators import train_evaluators
@@ -59,7 +60,7 @@ def test_evaluators_separate_unseen_test_identities(evaluators):
         for pairs in ("all_pairs", "reference_pairs", "reference_vs_scene"):
             assert v[f"{model}_auc_{pairs}"] >= 0.9, (model, pairs, v)
     assert v["clip_caption_top1"] >= 5 * v["clip_caption_top1_chance"], v
-    cfg = json.loads((evaluators / "metrics_config.json").read_text())
+    cfg = load_config(evaluators / "metrics_config.json", None)
     assert cfg["clip_i"]["world"] == cfg["dino"]["world"] == "tiny"
 
 
@@ -80,7 +81,7 @@ def test_painting_a_subject_out_lowers_its_clip_i(evaluators, tmp_path):
     3-subject scenes lowers its score in most scenes, and makes it the scene's lowest-scoring
     reference (the per-image minimum) far above chance (1/3). The minimum's value drops less
     reliably: the other subjects' scores rise as the scene's embedding moves to what is left."""
-    cfg = json.loads((evaluators / "metrics_config.json").read_text())
+    cfg = load_config(evaluators / "metrics_config.json", None)
     items, painted = [], []
     for i in range(40):
         s = generate_sample(5, "test", i, 3)
@@ -104,7 +105,7 @@ def test_painting_a_subject_out_lowers_its_clip_i(evaluators, tmp_path):
 
 @pytest.mark.slow
 def test_ip_sim_ground_truth_masks_prefer_the_right_subject(evaluators, tmp_path):
-    cfg = json.loads((evaluators / "metrics_config.json").read_text())
+    cfg = load_config(evaluators / "metrics_config.json", None)
     right, wrong = [], []
     for i in range(8):
         s = generate_sample(6, "test", i, 2)

@@ -14,9 +14,10 @@ TINY = yaml.safe_load((ROOT / "workflow" / "config" / "tiny.yaml").read_text())
 def micro_config() -> dict:
     c = copy.deepcopy(TINY)
     c["benchmarks"] = str(ROOT.parent / "shared" / "benchmarks")
-    c["data"].update(train={"n": 24, "k_min": 1, "k_max": 2}, val={"n": 4, "k_min": 2, "k_max": 2}, test={"n": 2},
+    c["retrain"] = True  # the micro base and evaluators are trained in the DAG, not the shipped ones
+    c["data"].update(train={"n": 24, "k_min": 1, "k_max": 2}, base={"n": 24, "k_min": 1, "k_max": 2}, val={"n": 4, "k_min": 2, "k_max": 2}, test={"n": 2},
                      preview={"n": 2})
-    c["training"]["base"] = {"train.steps": 8}
+    c["training"]["base"] = {"train.steps": 8, "train.drop_text": 0.1}
     c["training"]["lora"].update({"train.steps": 6, "eval.max_samples": 2, "eval.timesteps": [0.5]})
     c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic")}
     c["evalsets"] = {"heldout": {"k": [2], "seeds": [0], "steps": 2, "metrics": ["CLIP-I", "CLIP-T", "DINO"]}}

@@ -36,10 +36,12 @@ from .world import clip_canvases, rendering_pairs
 __all__ = ["metrics_config", "train_evaluators"]
 
 
-def metrics_config(out: Path) -> dict[str, Any]:
-    """The tiny profile's metrics config pointing at the evaluators in `out`."""
-    clip = {"model": f"local-dir:{(out / 'clip').resolve()}", "world": "tiny"}
-    dino = {"model": f"local-dir:{(out / 'dino').resolve()}", "world": "tiny"}
+def metrics_config(out: Path | None = None) -> dict[str, Any]:
+    """The tiny profile's metrics config pointing at the evaluators in `out`; without `out`, paths relative
+    to the folder of the `metrics_config.json` written into it (metrics.config.load_config resolves them)."""
+    where = (lambda name: (out / name).resolve()) if out is not None else (lambda name: name)
+    clip = {"model": f"local-dir:{where('clip')}", "world": "tiny"}
+    dino = {"model": f"local-dir:{where('dino')}", "world": "tiny"}
     return {"clip_i": clip, "clip_t": dict(clip), "dino": dino, "ip_sim": {"localiser": "masks", "max_instances": 3},
             "mechanism": {}}
 
@@ -72,5 +74,5 @@ def train_evaluators(out: str | os.PathLike, clip_steps: int = 1200, dino_steps:
                       world="tiny: comparable within the synthetic world only")
         log(json.dumps(result, indent=2))
         (tmp / "validation.json").write_text(json.dumps(result, indent=2))
-        (tmp / "metrics_config.json").write_text(json.dumps(metrics_config(out), indent=2))
+        (tmp / "metrics_config.json").write_text(json.dumps(metrics_config(), indent=2))
     return out

@@ -55,6 +55,7 @@ FLAVOURS: Registry[Flavour] = Registry("model flavour", {
         codec=dict(kind="pixel", downsample=4, patch=2),
         text=dict(kind="hashed", max_length=32, dim=64, pooled_dim=64),  # K = 6 prompts: <= 30 words
         max_refs=4,
+        prediction="x0",  # 192-dim pixel tokens through a 128-wide model (docs/tiny_base_design.md)
     ),
     "debug": Flavour(
         name="debug",

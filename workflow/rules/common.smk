@@ -41,8 +41,19 @@ LOGGED = f"{STORE}/logged"  # one marker (the run ids) per logging job
 STUDIES = list(config["studies"])
 SHARED_EXPERIMENT = "shared"  # the base model and the tiny-world evaluators, used by every study
 DATA_KIND = "synthetic" if config["data"]["kind"] == "synthetic" else "collage"
-BASE = config["training"]["base"] is not None  # pre-train the (tiny) base model once
-TINY_EVALUATORS = config["metrics"]["evaluators"] is not None
+# Shipped artefacts (config `artefacts`, a folder of this repository with provenance.json): the tiny base
+# and evaluators, trained once by `snakemake --cores all ship --config retrain=True` (artefacts.smk) and
+# verified on load; `retrain: true` trains them in this DAG instead.
+SHIPPED = os.path.join(ROOT, config["artefacts"]) if config.get("artefacts") and not config.get("retrain") else None
+HAS_BASE = config["training"]["base"] is not None  # a (tiny) base model pre-trained once, shipped or trained here
+BASE = HAS_BASE and SHIPPED is None  # train it in this DAG
+HAS_TINY_EVALUATORS = config["metrics"]["evaluators"] is not None
+TINY_EVALUATORS = HAS_TINY_EVALUATORS and SHIPPED is None  # train them in this DAG
+BASE_WEIGHTS = (f"{SHIPPED}/base" if SHIPPED else f"{R}/runs/base/transformer") if HAS_BASE else None
+EVALUATORS = (f"{SHIPPED}/evaluators" if SHIPPED else f"{R}/evaluators") if HAS_TINY_EVALUATORS else None
+if SHIPPED and not os.path.isfile(f"{SHIPPED}/provenance.json"):
+    raise ValueError(f"config artefacts: {SHIPPED}/provenance.json not found; make the shipped base and evaluators "
+                     "with `snakemake --cores all ship --config retrain=True`, or run with --config retrain=True")
 
 
 def store_generation():
@@ -238,15 +249,28 @@ def train_overrides(method, ktrain, seed):
     ov.update({"variant": method, "profile": config["profile"], "train.seed": int(seed),
                "data.train": dataset(f"train_k{ktrain}"), "data.val": dataset("val"),
                "data.target_size": config["data"]["target_size"], "data.ref_size": config["data"]["ref_size"]})
-    if BASE:
-        ov["model.weights"] = f"{R}/runs/base/transformer"
+    if HAS_BASE:
+        ov["model.weights"] = BASE_WEIGHTS
     return [f"{k}={_yaml_value(v)}" for k, v in ov.items()]
+
+
+def base_split():
+    """The base model's text-to-image data: data.base (base_k{K}) if configured, else the largest train split."""
+    d = config["data"]
+    return f"base_k{d['base']['k_max']}" if d.get("base") else f"train_k{d['train']['k_max']}"
+
+
+def base_inputs():
+    """What a LoRA training reads of the base: the DAG's base run, or the shipped artefact's provenance."""
+    if BASE:
+        return [f"{R}/runs/base/{DONE}"]
+    return [f"{SHIPPED}/provenance.json"] if HAS_BASE else []
 
 
 def base_overrides():
     t = config["training"]
     ov = {**t["common"], **t["base"], "variant": "base", "profile": config["profile"], "train.mode": "base",
-          "data.train": dataset(f"train_k{config['data']['train']['k_max']}"),
+          "data.train": dataset(base_split()),
           "data.target_size": config["data"]["target_size"], "data.ref_size": config["data"]["ref_size"]}
     return [f"{k}={_yaml_value(v)}" for k, v in ov.items()]
 
@@ -285,18 +309,19 @@ def all_targets():
 # ---------------------------------------------------------------- per-rule helpers
 
 def split_settings(split):
-    """(n, k_min, k_max) of a data split name: train_k{K}, val, test_k{n}."""
+    """(n, k_min, k_max) of a data split name: train_k{K}, base_k{K} (the base model's), val, test_k{n}."""
     d = config["data"]
     if split == "val":
         return d["val"]["n"], d["val"]["k_min"], d["val"]["k_max"]
     kind, k = split.split("_k")
-    if kind == "train":
-        return d["train"]["n"], d["train"]["k_min"], int(k)
+    if kind in ("train", "base"):
+        return d[kind]["n"], d[kind]["k_min"], int(k)
     return d["test"]["n"], int(k), int(k)
 
 
 def identity_split(split):
-    return split.split("_k")[0]  # train / val / test: the identity split of the world
+    kind = split.split("_k")[0]
+    return "train" if kind == "base" else kind  # train / val / test: the identity split of the world
 
 
 def official_args(name):

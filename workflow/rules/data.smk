@@ -18,7 +18,7 @@ rule synthetic_split:
         tsize=config["data"]["target_size"],
         rsize=config["data"]["ref_size"],
     wildcard_constraints:
-        split=r"train_k\d+|val|test_k\d+",
+        split=r"(train|base)_k\d+|val|test_k\d+",
     shell:
         "python -m mosaic.cli data generate --out {output} --split {params.ids} --seed {params.seed}"
         " --n {params.s[0]} --k-min {params.s[1]} --k-max {params.s[2]}"

@@ -24,7 +24,7 @@ if TINY_EVALUATORS:
 
 rule metrics_config:
     input:
-        f"{R}/evaluators" if TINY_EVALUATORS else [],
+        EVALUATORS or [],
     output:
         metrics_config_file(),
     log:
@@ -32,7 +32,7 @@ rule metrics_config:
     conda:
         ENV
     params:
-        base=lambda wc, input: f"--base {input[0]}/metrics_config.json" if TINY_EVALUATORS else "--profile paper",
+        base=lambda wc, input: f"--base {input[0]}/metrics_config.json" if EVALUATORS else "--profile paper",
         overrides=json.dumps(config["metrics"]["config"]),
         script=f"{SCRIPTS}/metrics_config.py",
     shell:

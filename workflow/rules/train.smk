@@ -11,7 +11,7 @@ if BASE:
 
     rule train_base:
         input:
-            validated(f"train_k{config['data']['train']['k_max']}"),
+            validated(base_split()),
         output:
             f"{R}/runs/base/{DONE}",
         log:
@@ -38,7 +38,7 @@ rule train:
     input:
         data=lambda wc: validated(f"train_k{wc.ktrain}"),
         val=validated("val"),
-        base=f"{R}/runs/base/{DONE}" if BASE else [],
+        base=base_inputs(),
     output:
         f"{R}/runs/{TRAIN_PATTERN}/{DONE}",
     log:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from metrics.config import load_config, merge
+    from mosaic.artefacts import check_artefact
     from mosaic.runfolder import atomic_write
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overrides", default="{}", help="JSON: metric section -> keys")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
+    if args.base:
+        check_artefact(args.base.parent)  # shipped evaluators: refused if their bytes disagree with provenance.json
     cfg = load_config(args.base, None) if args.base else load_config(None, args.profile)
     cfg = merge(cfg, json.loads(args.overrides))
     args.out.parent.mkdir(parents=True, exist_ok=True)
