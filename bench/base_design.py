@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from metrics.config import load_config
+from metrics.config import load_config as load_metrics_config
 from metrics.evaluate import evaluate
 from metrics.manifest import Item, read_items
 from mosaic.config import load_config
@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=28)
     p.add_argument("--cfg", type=float, nargs="+", default=[1.0])
     a = p.parse_args()
-    metrics_cfg = load_config(Path(a.evaluators) / "metrics_config.json", None)
+    metrics_cfg = load_metrics_config(Path(a.evaluators) / "metrics_config.json", None)
     test = Path(a.test).resolve()
     recs = read_manifest(test)
     ceiling = clip_t([Item(r["id"], test / r["target"], r["prompt"], []) for r in recs], metrics_cfg)

@@ -11,7 +11,8 @@ attention merely moves from the background onto the subjects, so compare variant
 leakage (the share of the on-subject mass that lands on the wrong subjects; chance about (K-1)/K)
 and the own share (chance: the subject's share of the target tokens).
 
-    python bench/mechanism_check.py --out runs/mechanism [--seeds 3] [--k 4] [--steps 300] [--set KEY=VALUE ...]
+    python bench/mechanism_check.py --out runs/mechanism [--base artefacts/tiny/base] [--seeds 3] [--k 4]
+        [--steps 300] [--set KEY=VALUE ...]
 
 A second --out can reuse the first one's data and base (link `base` and the `data-*` folders into
 it) to compare a switch, e.g. `--set loss.normalize_over=target`.
@@ -48,6 +49,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-val", type=int, default=40)
+    p.add_argument("--base", type=Path, help="a trained base transformer (e.g. artefacts/tiny/base, the shipped "
+                   "one) instead of pre-training one here for --base-steps")
     p.add_argument("--base-steps", type=int, default=600)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -64,8 +67,9 @@ def main() -> None:
             generate_dataset(data[split], n, 0, split, args.k, args.k)
     common = [f"data.train={data['train']}", "model.flavour=tiny", f"train.lr={args.lr}",
               f"tracking.tracking_uri=sqlite:///{(out / 'mlflow.db').resolve()}", "tracking.experiment=mechanism-check"]
+    weights = args.base.resolve() if args.base else out / "base" / "transformer"
     base_dir = out / "base"
-    if not (base_dir / "transformer").exists():
+    if args.base is None and not (base_dir / "transformer").exists():
         train(load_config(None, [*common, "variant=base", "train.mode=base", f"train.steps={args.base_steps}",
                                  f"train.output_dir={base_dir}", "train.checkpoint_every=0", "train.drop_text=0.1"]))
     results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
@@ -75,7 +79,7 @@ def main() -> None:
             run = out / f"{variant}-seed{seed}"
             if not (run / METRICS_FILE).exists():
                 train(load_config(None, [*common, f"variant={variant}", f"data.val={data['val']}",
-                                         f"model.weights={base_dir / 'transformer'}", f"train.seed={seed}",
+                                         f"model.weights={weights}", f"train.seed={seed}",
                                          f"train.steps={args.steps}", f"train.output_dir={run}",
                                          "train.checkpoint_every=0", f"loss.alpha={alpha}", f"loss.beta={beta}",
                                          *args.set]))
@@ -85,7 +89,8 @@ def main() -> None:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.3f} +- {sd:.3f}"
 
-    print(f"\ntiny world, K={args.k}, {args.seeds} seeds, base {args.base_steps} steps, LoRA {args.steps} steps, "
+    base = str(args.base) if args.base else f"{args.base_steps} steps"
+    print(f"\ntiny world, K={args.k}, {args.seeds} seeds, base {base}, LoRA {args.steps} steps, "
           f"val samples {args.n_val}" + (f", overrides {' '.join(args.set)}" if args.set else ""))
     columns = [("alignment acc", "alignment_acc"), ("leakage", "leakage"), ("leak. chance", "leakage_chance"),
                ("own share", "own_share"), ("own chance", "own_share_chance"),

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mosaic.artefacts import check_artefact
+
 from .manifest import Item
 from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section
 
@@ -29,6 +31,7 @@ def _check_source(key: str, model: str, pretrained: str | None) -> None:
                                     f"(train the tiny-world evaluators or fix the path)")
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.pth")):
             raise MetricUnavailable(f"{key}.model: no weights file in {folder}")
+        check_artefact(folder)  # shipped evaluators: refused if their bytes disagree with their provenance
         return
     if not pretrained:
         raise MetricUnavailable(f"{key}.pretrained is not set: give an open_clip tag for {model} "

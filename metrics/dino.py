@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mosaic.artefacts import check_artefact
+
 from .manifest import Item
 from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section
 
@@ -58,6 +60,7 @@ class DinoModel:
                 if not p.is_file():
                     raise MetricUnavailable(f"{key}.model: {p} not found (train the tiny-world evaluators "
                                             f"or fix the path)")
+            check_artefact(folder)  # shipped evaluators: refused if their bytes disagree with their provenance
             saved = json.loads(cfg_path.read_text())
             name, kwargs = saved["model"], saved.get("model_kwargs", {})
             prep.update(saved.get("preprocess", {}))

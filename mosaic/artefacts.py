@@ -21,8 +21,9 @@ from .tracking.run import git_sha, package_versions
 PROVENANCE_FILE = "provenance.json"
 
 
-class ArtefactError(RuntimeError):
-    """A shipped artefact is missing or its bytes disagree with its provenance; the message names both."""
+class ArtefactError(ValueError):
+    """A shipped artefact is missing or its bytes disagree with its provenance; the message names both (a
+    ValueError, so the command line reports it as an error, not a traceback)."""
 
 
 def sha256(path: Path) -> str:

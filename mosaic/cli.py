@@ -35,8 +35,10 @@ COMMANDS: Registry[Command] = Registry("command", {
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    """`mosaic sample`: a training run through mosaic.sample, a registered baseline through baselines.sample."""
-    return import_object("baselines.sample:run" if args.baseline else "mosaic.sample:run")(args)
+    """`mosaic sample`: a training run through mosaic.sample, a registered baseline through baselines.sample,
+    a metric's bound through mosaic.bounds."""
+    target = "baselines.sample:run" if args.baseline else "mosaic.bounds:run" if args.bound else "mosaic.sample:run"
+    return import_object(target)(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,9 +14,10 @@ Usage (one probe per forward pass):
 
 Definitions (b: sample, k: reference, j: annotated point, G(u) the global row of a reference token):
   A[u, v]  mean over the selected blocks and the heads of softmax(q_u . k_v / sqrt(d)), v a target
-           token. `normalize_over="all"` (paper): the softmax runs over every key reference row u
-           attends to (text, target, and its OWN reference; never the other references), then the
-           target columns are kept. `"target"` (upstream code): the softmax runs over target keys.
+           token. `normalize_over="target"` (the paper's formula, exp(Q_u K_v) / sum over target v,
+           as the public code does): the softmax runs over the target keys. `"all"` (preset
+           `paper-all`): the model's own softmax over every key reference row u attends to (text,
+           target, and its OWN reference; never the other references), then the target columns.
   SCAL     -(1/K) sum_k (1/P_k) sum_j log(A[G(u_j^k), v_j^k] + eps)
   MDL      a^(k) = normalise((1/P_k) sum_j A[G(u_j^k), :]);
            -(1/(K(K-1))) sum_{i != j} 1/2 (KL(a^i || a^j) + KL(a^j || a^i)), 0 when K < 2.
@@ -55,7 +56,7 @@ class LossConfig:
     alpha: float = 0.4  # SCAL weight
     beta: float = 0.6  # MDL weight (after warm-up)
     beta_warmup: tuple[int, int] | None = None  # (start, end): beta ramps linearly from 0 at start to beta at end
-    normalize_over: str = "all"
+    normalize_over: str = "target"
     mdl_rows: str = "points"
     divergence: str = "skl"
     blocks: tuple[int, ...] | None = None  # double-stream block indices; None = all
@@ -84,6 +85,7 @@ class LossConfig:
     def preset(cls, name: str, **overrides) -> "LossConfig":
         presets = {
             "paper": {},
+            "paper-all": dict(normalize_over="all"),  # the model's own softmax, then the target columns
             "upstream-code": dict(alpha=0.1, beta=1.0, beta_warmup=(10_000, 11_000), divergence="jsd",
                                   mdl_rows="all", normalize_over="target"),
         }

@@ -279,6 +279,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--run", help="training output folder (config.yaml + lora.safetensors)")
     model.add_argument("--baseline", help="a registered baseline (baselines.registry) instead of a run, e.g. uno-official")
+    model.add_argument("--bound", choices=("ceiling", "floor"),
+                       help="no model: a synthetic --dataset's real targets (ceiling) or their backgrounds (floor)")
     p.add_argument("--baseline-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the baseline's constructor (repeatable; values parsed as YAML)")
     src = p.add_mutually_exclusive_group(required=True)

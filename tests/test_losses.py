@@ -190,7 +190,7 @@ def test_scal_minimal_when_attention_hits_the_annotated_tokens(normalize_over):
 def test_presets_and_beta_schedule():
     paper, up = LossConfig.preset("paper"), LossConfig.preset("upstream-code")
     assert (paper.alpha, paper.beta, paper.beta_warmup) == (0.4, 0.6, None)
-    assert (paper.divergence, paper.mdl_rows, paper.normalize_over, paper.blocks) == ("skl", "points", "all", None)
+    assert (paper.divergence, paper.mdl_rows, paper.normalize_over, paper.blocks) == ("skl", "points", "target", None)
     assert (up.alpha, up.divergence, up.mdl_rows, up.normalize_over) == (0.1, "jsd", "all", "target")
     assert [paper.beta_at(s) for s in (0, 10_500, 50_000)] == [0.6, 0.6, 0.6]
     for step in (0, 9_999, 10_000, 10_250, 10_500, 10_999, 11_000, 30_000):

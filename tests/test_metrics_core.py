@@ -187,3 +187,17 @@ def test_evaluate_folder_default_metrics_follow_config(folder, models):
 
     table = pd.read_csv(out / "metrics.csv")
     assert set(table.metric) == {"DINO"} and not math.isnan(table.value.iloc[0])
+
+
+def test_a_relative_local_dir_model_is_relative_to_its_config_file(tmp_path):
+    """A shipped evaluators folder is relocatable: its metrics_config.json names its models relative to itself."""
+    import json
+
+    from metrics.config import load_config
+
+    (tmp_path / "evaluators").mkdir()
+    path = tmp_path / "evaluators" / "metrics_config.json"
+    path.write_text(json.dumps({"clip_i": {"model": "local-dir:clip"}, "dino": {"model": "local-dir:/abs/dino"}}))
+    cfg = load_config(path, None)
+    assert cfg["clip_i"]["model"] == f"local-dir:{(tmp_path / 'evaluators' / 'clip').resolve()}"
+    assert cfg["dino"]["model"] == "local-dir:/abs/dino"

@@ -76,6 +76,24 @@ def test_scaling_and_sweep_group_keys():
     assert s["CLIP-I (tiny-world) mean"].tolist() == [0.0, 0.6, 10.0, 10.6]
 
 
+def test_bounds_in_the_scaling_table_and_figure(tmp_path):
+    """A bound (ceiling / floor) has no training: ktrain 0 in the table, a dashed line in the figure."""
+    from workflow.lib import figures
+
+    runs = eval_runs([{"method": "mosaic", "seed": s, "n": n, "clip": 50 + n + s} for s in (0, 1) for n in (2, 3)]
+                     + [{"method": b, "seed": 0, "n": n, "clip": v} for b, v in (("ceiling", 80), ("floor", 10))
+                        for n in (2, 3)])
+    bounds = runs["tags.method"].isin(["ceiling", "floor"])
+    runs.loc[bounds, "tags.ktrain"] = None
+    runs.loc[bounds, "tags.seed"] = None
+    t = tables.scaling_table(runs, ["ceiling", "mosaic", "floor"])
+    assert list(t["method"].unique()) == ["ceiling", "mosaic", "floor"]
+    assert t.set_index("method").loc["ceiling", "ktrain"].tolist() == [0, 0]
+    assert t.set_index("method").loc["floor", "CLIP-I (tiny-world) mean"].tolist() == [10, 10]
+    path = figures.scaling_plot(t, ["CLIP-I (tiny-world)"], tmp_path / "scaling.png")
+    assert path.is_file() and path.stat().st_size > 1000
+
+
 def test_benchmark_table_counts_skipped_entries_and_keeps_reasons():
     runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0 + s, "benchmark": "xversebench",
                        "extra": {"metrics.entries/total": 90.0, "metrics.entries/skipped": 70.0,

@@ -46,9 +46,13 @@ def expected_trainings(cfg) -> int:
 
 
 def test_tiny_dry_run_builds_every_study():
-    stats = job_stats(snakemake("-n", "--cores", "2", "--workflow-profile", "none").stdout)
+    p = snakemake("-n", "--cores", "2", "--workflow-profile", "none", "-p")
+    stats = job_stats(p.stdout)
     assert stats["train"] == expected_trainings(TINY)
-    assert stats["train_base"] == 1 and stats["tiny_evaluators"] == 1
+    # the shipped base and evaluators (artefacts/tiny) are used, not trained
+    assert "train_base" not in stats and "tiny_evaluators" not in stats and "ship" not in stats
+    assert f'model.weights={ROOT / TINY["artefacts"] / "base"}' in p.stdout.replace('"', "").replace("'", "")
+    assert f"--base {ROOT / TINY['artefacts'] / 'evaluators'}/metrics_config.json" in p.stdout
     assert stats["sample"] == stats["evaluate"] > 0
     assert {f"tables_{s}" for s in TINY["studies"]} <= set(stats)
     # one (study, training) log job each: the studies' grids, trainings counted once per study
@@ -56,6 +60,24 @@ def test_tiny_dry_run_builds_every_study():
                     else len(s["alpha"]) * len(s["beta"]) * len(s["ktrain"]) * len(s["seeds"])
                     for n, s in TINY["studies"].items())
     assert stats["mlflow_log"] == per_study
+
+
+def test_retrain_switch_trains_the_base_and_evaluators_in_the_dag():
+    stats = job_stats(snakemake("-n", "--cores", "2", "--workflow-profile", "none", "--config", "retrain=True").stdout)
+    assert stats["train_base"] == 1 and stats["tiny_evaluators"] == 1 and stats["train"] == expected_trainings(TINY)
+    stats = job_stats(snakemake("-n", "--cores", "2", "--workflow-profile", "none", "ship", "--config",
+                                "retrain=True", "--forcerun", "ship").stdout)
+    assert stats["ship"] == 1 and stats["train_base"] == 1 and "train" not in stats  # the shipping command
+
+
+def test_missing_shipped_artefacts_are_named_with_the_command_that_makes_them(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["artefacts"] = "artefacts/none"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake("-n", "--configfile", str(tmp_path / "c.yaml"), check=False)
+    assert p.returncode != 0
+    assert f"{ROOT / 'artefacts/none/provenance.json'} not found" in p.stdout + p.stderr
+    assert "snakemake --cores all ship --config retrain=True" in p.stdout + p.stderr
 
 
 def test_dry_run_writes_nothing(tmp_path):

@@ -34,12 +34,16 @@ def run(micro_run):
 def test_ablation_rows_match_the_mlflow_runs(run):
     work, _ = run
     table = pd.read_csv(work / "results" / "ablation.csv")
-    assert sorted(table["method"]) == ["mosaic", "none"]
+    assert list(table["method"]) == ["ceiling", "none", "mosaic", "floor"]  # the bounds frame the variants
     uri = store_uri(work / "results" / "mlflow")
     evals = tables.load_runs(uri, "ablation").set_index("run_id")
     trains = tables.load_runs(uri, "ablation", kind="train").set_index("run_id")
-    assert len(evals) == 4 and len(trains) == 4  # 2 variants x 2 seeds, one held-out set
-    for _, row in table.iterrows():
+    assert len(evals) == 6 and len(trains) == 4  # 2 variants x 2 seeds + the 2 bounds, one held-out set
+    bounds = table.set_index("method").loc[["ceiling", "floor"]]
+    assert bounds["train_run_ids"].isna().all() and (bounds["runs"] == 1).all()
+    # the ceiling is the real targets, the floor their backgrounds: CLIP-T tells a scene from its empty background
+    assert bounds.loc["ceiling", "CLIP-T (tiny-world) mean"] > bounds.loc["floor", "CLIP-T (tiny-world) mean"]
+    for _, row in table[~table["method"].isin(["ceiling", "floor"])].iterrows():
         ids = row["eval_run_ids"].split(";")
         runs = evals.loc[ids]
         assert (runs["tags.method"] == row["method"]).all() and sorted(runs["tags.seed"]) == ["0", "1"]
@@ -87,4 +91,4 @@ def test_deleted_store_is_rebuilt(run):
     ids = subprocess.run([sys.executable, "-c", f"from workflow.lib.tables import load_runs; "
                           f"print(' '.join(load_runs({uri!r}, 'ablation')['run_id']))"],
                          capture_output=True, text=True, check=True).stdout.split()
-    assert len(ids) == 4 and set(";".join(table["eval_run_ids"]).split(";")) == set(ids)
+    assert len(ids) == 6 and set(";".join(table["eval_run_ids"]).split(";")) == set(ids)

@@ -19,10 +19,10 @@ def micro_config() -> dict:
                      preview={"n": 2})
     c["training"]["base"] = {"train.steps": 8, "train.drop_text": 0.1}
     c["training"]["lora"].update({"train.steps": 6, "eval.max_samples": 2, "eval.timesteps": [0.5]})
-    c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic")}
+    c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic", "ceiling", "floor")}
     c["evalsets"] = {"heldout": {"k": [2], "seeds": [0], "steps": 2, "metrics": ["CLIP-I", "CLIP-T", "DINO"]}}
     c["metrics"] = {"evaluators": {"clip_steps": 4, "dino_steps": 2, "n_train": 12, "seed": 0}, "config": {}}
-    c["studies"] = {"ablation": {"methods": ["none", "mosaic"], "ktrain": [2], "seeds": [0, 1],
+    c["studies"] = {"ablation": {"methods": ["ceiling", "none", "mosaic", "floor"], "ktrain": [2], "seeds": [0, 1],
                                  "evalsets": ["heldout-k2"]}}
     return c
 

@@ -409,6 +409,16 @@ def generate_sample(seed: int, split: str, index: int, k: int, cfg: SyntheticCon
     return Sample(f"{split}-{index:06d}", prompt, target, refs, masks, meta)
 
 
+def background_only(seed: int, split: str, index: int, k: int, cfg: SyntheticConfig | None = None) -> np.ndarray:
+    """The target of `generate_sample(seed, split, index, k, cfg)` with no subject drawn: its exact
+    background, colour and texture (the floor of an image metric, mosaic.bounds)."""
+    cfg = cfg or SyntheticConfig()
+    pool = identities(split, cfg)
+    rng = np.random.default_rng([seed, _split_code(split), index, 0])
+    rng.permutation(len(pool))  # the draws generate_sample makes before the background
+    return _background(rng, cfg.target_size, textured=True)[0]
+
+
 def sample_k(seed: int, split: str, index: int, k_min: int, k_max: int) -> int:
     """The number of subjects of sample `index` (its own stream, so samples stay order-independent)."""
     return int(np.random.default_rng([seed, _split_code(split), index, 1]).integers(k_min, k_max + 1))

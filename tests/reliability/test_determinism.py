@@ -23,9 +23,13 @@ def test_same_seeds_and_config_give_identical_ablation_values(micro_run, tmp_pat
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+BOUNDS = ("ceiling", "floor")
+
+
 def test_different_seeds_give_different_values(micro_run):
     work, _ = micro_run
     evals = tables.load_runs(store_uri(work / "results" / "mlflow"), "ablation")
+    evals = evals[~evals["tags.method"].isin(BOUNDS)]  # the bounds have no training seed
     for method, g in evals.groupby("tags.method"):
         assert sorted(g["tags.seed"]) == ["0", "1"]
         s0, s1 = (g[g["tags.seed"] == s].iloc[0] for s in ("0", "1"))
@@ -38,7 +42,9 @@ def test_every_run_is_logged_with_its_values_and_provenance(micro_run):
     uri = store_uri(work / "results" / "mlflow")
     evals = tables.load_runs(uri, "ablation")
     trains = tables.load_runs(uri, "ablation", kind="train")
-    assert len(evals) == 4 and len(trains) == 4  # 2 variants x 2 seeds, logged by parallel jobs
+    assert len(evals) == 6 and len(trains) == 4  # 2 variants x 2 seeds + 2 bounds, logged by parallel jobs
+    assert evals["tags.git_sha"].str.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown").all()
+    evals = evals[~evals["tags.method"].isin(BOUNDS)]
     for runs in (evals, trains):
         assert runs["tags.git_sha"].str.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown").all()
         for pkg in ("torch", "diffusers", "peft", "mlflow", "python"):

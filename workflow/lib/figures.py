@@ -92,10 +92,14 @@ def scaling_plot(table: pd.DataFrame, metrics: list[str], path: str | os.PathLik
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
-    several_k = table["ktrain"].nunique() > 1
+    several_k = table.loc[table["ktrain"].astype(int) > 0, "ktrain"].nunique() > 1
     for ax, metric in zip(axes.flat, metrics):
         for (method, ktrain), g in table.groupby(["method", "ktrain"], sort=False):
             g = g.sort_values("n")
+            if int(ktrain) == 0:  # a bound (the real targets, or their backgrounds): no training, a dashed line
+                ax.plot(g["n"].astype(float), g[f"{metric} mean"], "--", color="0.45" if method == "floor" else "0.1",
+                        label=method)
+                continue
             label = f"{method} (train K<={ktrain})" if several_k else method
             ax.errorbar(g["n"].astype(float), g[f"{metric} mean"], yerr=g[f"{metric} std"].fillna(0), marker="o",
                         capsize=3, label=label)
@@ -156,8 +160,8 @@ def attention_figures(runs: pd.DataFrame, uri: str, methods: list[str], out: str
             g = runs[runs["tags.method"] == method].copy()
             if g.empty:
                 continue
-            g["_seed"] = g["tags.seed"].astype(int)
-            g["_n"] = g["tags.n"].replace("", "0").astype(int)
+            g["_seed"] = g["tags.seed"].fillna("0").replace("", "0").astype(int)  # a bound has no seed
+            g["_n"] = g["tags.n"].fillna("0").replace("", "0").astype(int)
             best = g.sort_values(["_seed", "_n"], ascending=[True, False]).iloc[0]
             names = {a.path for a in client.list_artifacts(best["run_id"])}
             with tempfile.TemporaryDirectory() as d:

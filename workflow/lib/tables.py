@@ -180,7 +180,9 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
 def scaling_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     metrics = metric_columns(runs)
     t = summarise(runs, ["method", "ktrain", "n"], metrics)
-    t["ktrain"], t["n"] = t["ktrain"].astype(int), t["n"].astype(int)
+    # ktrain 0: a bound of the image metrics (mosaic.bounds), which trains nothing
+    t["ktrain"] = pd.to_numeric(t["ktrain"], errors="coerce").fillna(0).astype(int)
+    t["n"] = t["n"].astype(int)
     t = _order(t.sort_values(["ktrain", "n"]), methods)
     return _front(t, ["method", "ktrain", "n"], metrics)
 

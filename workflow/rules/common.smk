@@ -132,6 +132,10 @@ def _check_study(name, study):
             raise ValueError(f"config studies.{name}.methods: unknown method {m!r}; known: {', '.join(METHODS)}")
         if METHODS[m].get("official") and any(EVALSETS[e]["family"] == "heldout" for e in study["evalsets"]):
             raise ValueError(f"config studies.{name}: official method {m!r} runs on benchmark evaluation sets only")
+        if METHODS[m].get("bound") and (DATA_KIND != "synthetic" or
+                                        any(EVALSETS[e]["family"] != "heldout" for e in study["evalsets"])):
+            raise ValueError(f"config studies.{name}: bound {m!r} (the real targets or their backgrounds) exists "
+                             "only on the synthetic world's held-out evaluation sets")
 
 
 def study_rows(name):
@@ -143,14 +147,27 @@ def study_rows(name):
         for a, b, k, s in itertools.product(study["alpha"], study["beta"], study["ktrain"], study["seeds"]):
             rows.append({"method": sweep_cell(METHODS, a, b)[0], "ktrain": k, "seed": s, "alpha": a, "beta": b})
     else:
-        trained = [m for m in study["methods"] if not METHODS[m].get("official")]
+        trained = [m for m in study["methods"] if not untrained(m)]
         for m, k, s in itertools.product(trained, study["ktrain"], study["seeds"]):
             rows.append({"method": m, "ktrain": k, "seed": s})
     return rows
 
 
+def untrained(method):
+    """An official release (sampled with its own weights) or a bound (mosaic.bounds: no model at all)."""
+    return bool(METHODS[method].get("official") or METHODS[method].get("bound"))
+
+
+def untrained_source(method):
+    return f"{'official' if METHODS[method].get('official') else 'bounds'}/method~{method}"
+
+
 def study_official(name):
     return [m for m in config["studies"][name].get("methods", []) if METHODS[m].get("official")]
+
+
+def study_untrained(name):
+    return [m for m in config["studies"][name].get("methods", []) if untrained(m)]
 
 
 GRIDS = {name: study_rows(name) for name in STUDIES}
@@ -166,7 +183,7 @@ wildcard_constraints:
     seed=r"\d+",
     evalset=r"[a-z0-9-]+",
     study="|".join(STUDIES) or "none",
-    source=r"(official/method~[^/]+|method~[^/]+/ktrain~\d+/seed~\d+)",
+    source=r"((official|bounds)/method~[^/]+|method~[^/]+/ktrain~\d+/seed~\d+)",
 
 
 # ---------------------------------------------------------------- paths
@@ -196,8 +213,8 @@ def data_dirs(input):
 
 
 def source_of(row):
-    if METHODS[row["method"]].get("official"):
-        return f"official/method~{row['method']}"
+    if untrained(row["method"]):
+        return untrained_source(row["method"])
     return f"method~{row['method']}/ktrain~{row['ktrain']}/seed~{row['seed']}"
 
 
@@ -215,7 +232,7 @@ def marker(study, source):
 
 def study_markers(study):
     rows = GRIDS[study]
-    sources = dict.fromkeys([source_of(r) for r in rows] + [f"official/method~{m}" for m in study_official(study)])
+    sources = dict.fromkeys([source_of(r) for r in rows] + [untrained_source(m) for m in study_untrained(study)])
     return [marker(study, s) for s in sources] + shared_markers()
 
 
@@ -371,14 +388,15 @@ def log_tags(study, source):
 def log_inputs(wc):
     study = config["studies"][wc.study]
     out = {"evals": [eval_dir(wc.source, e) for e in study["evalsets"]]}
-    if not wc.source.startswith("official/"):
+    if not wc.source.startswith(("official/", "bounds/")):
         out["run"] = f"{R}/runs/{wc.source}/{DONE}"
     return out
 
 
 def table_params(study):
     """What the table builder needs besides the runs: method order and labels, paper names and values."""
-    methods = dict.fromkeys(r["method"] for r in GRIDS[study]) | dict.fromkeys(study_official(study))
+    listed = config["studies"][study].get("methods", [])  # the study's order (bounds first and last)
+    methods = dict.fromkeys(listed) | dict.fromkeys(r["method"] for r in GRIDS[study])
     return json.dumps({"methods": {m: {k: METHODS[m].get(k, "") for k in ("label", "paper")} for m in methods},
                        "paper_values": config.get("paper_values"), "profile": config["profile"]})
 

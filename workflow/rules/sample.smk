@@ -24,8 +24,34 @@ rule sample:
         source=lambda wc: sample_source(wc.evalset),
         seeds=lambda wc: " ".join(map(str, EVALSETS[wc.evalset]["seeds"])),
         steps=lambda wc: EVALSETS[wc.evalset]["steps"],
+        cfg=lambda wc: EVALSETS[wc.evalset].get("cfg_scale", 1.0),
         mechanism=lambda wc: "--mechanism" if EVALSETS[wc.evalset]["mechanism"] else "",
         script=f"{SCRIPTS}/sample.py",
     shell:
         "OMP_NUM_THREADS={threads} python {params.script} --run {params.run} {params.source} --seeds {params.seeds}"
-        " --steps {params.steps} {params.mechanism} --out {output} > {log} 2>&1"
+        " --steps {params.steps} --cfg-scale {params.cfg} {params.mechanism} --out {output} > {log} 2>&1"
+
+
+# The bounds of the image metrics on a held-out set (mosaic.bounds): its real target images (ceiling)
+# and the same scenes' backgrounds alone (floor), scored like any method's images.
+BOUNDS = sorted({m for s in STUDIES for m in study_untrained(s) if METHODS[m].get("bound")})
+if BOUNDS:
+
+    rule sample_bound:
+        input:
+            data=sample_inputs,
+        output:
+            directory(f"{R}/samples/bounds/method~{{bound}}/evalset~{{evalset}}"),
+        log:
+            log_file("sample", "bounds", "{bound}", "{evalset}"),
+        conda:
+            ENV
+        wildcard_constraints:
+            bound="|".join(BOUNDS),
+        params:
+            kind=lambda wc: METHODS[wc.bound]["bound"],
+            source=lambda wc: sample_source(wc.evalset),
+            seeds=lambda wc: " ".join(map(str, EVALSETS[wc.evalset]["seeds"])),
+        shell:
+            "python -m mosaic.cli sample --bound {params.kind} {params.source} --seeds {params.seeds}"
+            " --method {wildcards.bound} --out {output} > {log} 2>&1"

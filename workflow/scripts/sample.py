@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance on the prompt (1: off)")
     p.add_argument("--mechanism", action="store_true", help="also the held-out mechanism metrics on --dataset")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler.from_run(args.run)  # the one model load of this job
     measured = mechanism(sampler, args.run, args.dataset) if args.mechanism else None
     with atomic_dir(args.out, overwrite=True) as tmp:  # the sample folder appears with its mechanism files
-        sample_run(sampler, requests, args.seeds, tmp, steps=args.steps, attention=True, overwrite=True)
+        sample_run(sampler, requests, args.seeds, tmp, steps=args.steps, attention=True, overwrite=True,
+                   cfg_scale=args.cfg_scale)
         if measured is not None:
             write_mechanism(*measured, tmp)
     print(f"wrote {len(requests) * len(args.seeds)} images to {args.out}")
