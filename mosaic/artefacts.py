@@ -35,7 +35,9 @@ def sha256(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != PROVENANCE_FILE)
+    """The artefact's files: all but its provenance and Snakemake's `.snakemake_timestamp` markers."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.name != PROVENANCE_FILE and not p.name.startswith(".snakemake"))
 
 
 def write_provenance(folder: str | os.PathLike, command: str, config: dict[str, Any], **facts: Any) -> Path:

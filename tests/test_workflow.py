@@ -40,7 +40,7 @@ def expected_trainings(cfg) -> int:
         if name == "sweep":
             cells = [plain.get((a, b), (a, b)) for a in s["alpha"] for b in s["beta"]]
         else:
-            cells = [m for m in s["methods"] if not cfg["methods"][m].get("official")]
+            cells = [m for m in s["methods"] if not (cfg["methods"][m].get("official") or cfg["methods"][m].get("bound"))]
         runs |= {(c, k, seed) for c in cells for k in s["ktrain"] for seed in s["seeds"]}
     return len(runs)
 
@@ -53,10 +53,14 @@ def test_tiny_dry_run_builds_every_study():
     assert "train_base" not in stats and "tiny_evaluators" not in stats and "ship" not in stats
     assert f'model.weights={ROOT / TINY["artefacts"] / "base"}' in p.stdout.replace('"', "").replace("'", "")
     assert f"--base {ROOT / TINY['artefacts'] / 'evaluators'}/metrics_config.json" in p.stdout
-    assert stats["sample"] == stats["evaluate"] > 0
+    assert stats["sample"] + stats["sample_bound"] == stats["evaluate"] > 0  # the bounds are scored too
+    bounds = {(m, e) for s in TINY["studies"].values() for m in s.get("methods", []) if TINY["methods"][m].get("bound")
+              for e in s["evalsets"]}
+    assert stats["sample_bound"] == len(bounds) > 0  # once per (bound, evaluation set), whichever studies share it
     assert {f"tables_{s}" for s in TINY["studies"]} <= set(stats)
     # one (study, training) log job each: the studies' grids, trainings counted once per study
-    per_study = sum(len(s.get("methods", [])) * len(s["ktrain"]) * len(s["seeds"]) if n != "sweep"
+    bound = lambda m: bool(TINY["methods"][m].get("bound"))  # noqa: E731  logged once per study, not per seed
+    per_study = sum(sum(1 if bound(m) else len(s["ktrain"]) * len(s["seeds"]) for m in s["methods"]) if n != "sweep"
                     else len(s["alpha"]) * len(s["beta"]) * len(s["ktrain"]) * len(s["seeds"])
                     for n, s in TINY["studies"].items())
     assert stats["mlflow_log"] == per_study
