@@ -3,7 +3,7 @@
     python bench/image_signal.py --out runs/image_signal [--seeds 0 1 2] [--k 2 4] [--cores 2]
 
 Runs the workflow (the tiny profile as configured in workflow/config/tiny.yaml, shipped base and
-evaluators) into --out with one study: the four ablation variants and the four controlled baselines,
+evaluators) into --out with one study, its `ablation` widened: the four variants and the four controlled baselines,
 each trained once per seed, plus the bounds (mosaic.bounds: the real targets, the ceiling; their
 backgrounds alone, the floor), on the held-out test scenes with K subjects. It then samples the base
 without references (text only, one sampling seed per seed), and prints, per K, the mean +- standard
@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # workflow.lib (the tables' MLflow reader) is not an installed package
 METHODS = ["ceiling", "floor", "none", "scal", "mdl", "mosaic", "omnicontrol", "uno", "dreamo", "xverse"]
 METRICS = {"DINO": "metrics.img/DINO", "CLIP-I": "metrics.img/CLIP-I", "CLIP-I min": "metrics.img/CLIP-I.min",
            "CLIP-T": "metrics.img/CLIP-T"}
@@ -46,7 +47,7 @@ def study_config(seeds: list[int], ks: list[int], results: Path) -> dict:
     cfg["results"] = str(results)
     cfg["benchmarks"] = str((ROOT / cfg["benchmarks"]).resolve())
     cfg["evalsets"]["heldout"]["k"] = sorted(set(ks))
-    cfg["studies"] = {"signal": {"methods": [m for m in METHODS if m in cfg["methods"]], "ktrain": [4],
+    cfg["studies"] = {"ablation": {"methods": [m for m in METHODS if m in cfg["methods"]], "ktrain": [4],
                                  "seeds": seeds, "evalsets": [f"heldout-k{k}" for k in ks]}}
     return cfg
 
@@ -56,21 +57,9 @@ def run_workflow(cfg: dict, out: Path, cores: int) -> None:
     path = out / "signal.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(out), "--configfile",
-           str(path), "--cores", str(cores), "--workflow-profile", "none", "--rerun-incomplete", *_markers(cfg)]
+           str(path), "--cores", str(cores), "--workflow-profile", "none", "--rerun-incomplete",
+           f"{cfg['results']}/ablation.csv"]
     subprocess.run(cmd, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-
-
-def _markers(cfg: dict) -> list[str]:
-    """The study's MLflow logging markers: every training, bound and evaluation, logged (no table rule)."""
-    store = f"{cfg['results']}/mlflow/logged/signal"
-    s = cfg["studies"]["signal"]
-    out = []
-    for m in s["methods"]:
-        if cfg["methods"][m].get("bound"):
-            out.append(f"{store}/bounds/method~{m}.json")
-        else:
-            out += [f"{store}/method~{m}/ktrain~4/seed~{seed}.json" for seed in s["seeds"]]
-    return out
 
 
 def base_values(cfg: dict, results: Path, seeds: list[int], ks: list[int], out: Path) -> pd.DataFrame:
@@ -79,7 +68,7 @@ def base_values(cfg: dict, results: Path, seeds: list[int], ks: list[int], out: 
     from metrics.evaluate import evaluate
     from metrics.manifest import read_items
     from mosaic.runfolder import BASE_DIR, CONFIG_FILE, MANIFEST_FILE
-    from mosaic.sample import Request, Sampler, dataset_requests, sample_run
+    from mosaic.sample import Sampler, dataset_requests, write_outputs
 
     run = out / "base_run"
     run.mkdir(parents=True, exist_ok=True)
@@ -93,13 +82,16 @@ def base_values(cfg: dict, results: Path, seeds: list[int], ks: list[int], out: 
     ev = cfg["evalsets"]["heldout"]
     rows = []
     for k in ks:
-        reqs = [Request(r.id, r.prompt, [], [], r.record) for r in dataset_requests(results / "data" / "synthetic"
-                                                                                     / f"test_k{k}")]
+        reqs = dataset_requests(results / "data" / "synthetic" / f"test_k{k}")  # the manifest keeps the references
         for seed in seeds:
             folder = out / "base_samples" / f"k{k}_s{seed}"
             if not (folder / MANIFEST_FILE).is_file():
-                sample_run(sampler, reqs, [seed], folder, ev["steps"], method="base", overwrite=True,
-                           cfg_scale=ev.get("cfg_scale", 1.0))
+                def generate(req, seed):  # the prompt alone: the base has no reference branch
+                    return sampler.generate(req.prompt, [], seed, ev["steps"], None, None, False,
+                                            ev.get("cfg_scale", 1.0))
+                write_outputs(generate, reqs, [seed], folder, "base", sampler.info,
+                              {"steps": ev["steps"], "cfg_scale": ev.get("cfg_scale", 1.0), "references": "none"},
+                              overwrite=True)
             _, agg, _ = evaluate(read_items(folder / MANIFEST_FILE), metrics_cfg, ["CLIP-I", "CLIP-T", "DINO"])
             row = {"method": "base", "n": k, "seed": seed}
             for name, col in METRICS.items():
@@ -114,7 +106,7 @@ def dag_values(results: Path) -> pd.DataFrame:
     from mosaic.tracking.store import store_uri
     from workflow.lib.tables import load_runs
 
-    runs = load_runs(store_uri(results / "mlflow"), "signal")
+    runs = load_runs(store_uri(results / "mlflow"), "ablation")
     df = pd.DataFrame({"method": runs["tags.method"], "n": runs["tags.n"].astype(int),
                        "seed": runs.get("tags.seed", pd.Series(["0"] * len(runs))).fillna("0").astype(int)})
     for col in METRICS.values():
