@@ -97,6 +97,8 @@ def scaling_plot(table: pd.DataFrame, metrics: list[str], path: str | os.PathLik
         for (method, ktrain), g in table.groupby(["method", "ktrain"], sort=False):
             g = g.sort_values("n")
             if int(ktrain) == 0:  # a bound (the real targets, or their backgrounds): no training, a dashed line
+                if g[f"{metric} mean"].isna().all():  # e.g. the mechanism metrics: a bound has no attention
+                    continue
                 ax.plot(g["n"].astype(float), g[f"{metric} mean"], "--", color="0.45" if method == "floor" else "0.1",
                         label=method)
                 continue
