@@ -55,5 +55,6 @@ def test_every_run_is_logged_with_its_values_and_provenance(micro_run):
                 "metrics.mech/leakage"):
         assert evals[col].notna().all(), col
     table = pd.read_csv(work / "results" / "ablation.csv")
-    for metric in METRICS:
-        assert table[f"{metric} mean"].notna().all(), metric
+    trained = table[~table["method"].isin(BOUNDS)]
+    for metric in METRICS:  # the bounds have image metrics only: no model, so no attention
+        assert (table if "tiny-world" in metric else trained)[f"{metric} mean"].notna().all(), metric
