@@ -33,8 +33,6 @@ sys.path.insert(0, str(ROOT))  # workflow.lib (the tables' MLflow reader) is not
 METHODS = ["ceiling", "floor", "none", "scal", "mdl", "mosaic", "omnicontrol", "uno", "dreamo", "xverse"]
 METRICS = {"DINO": "metrics.img/DINO", "CLIP-I": "metrics.img/CLIP-I", "CLIP-I min": "metrics.img/CLIP-I.min",
            "CLIP-T": "metrics.img/CLIP-T"}
-MEAN_STATS = ["mean over (image, reference) pairs", "mean over images"]  # metrics.evaluate's aggregate rows
-MIN_STAT = "mean over images of the min over references"
 # (label, a, b, metric): the paper predicts a > b
 PREDICTIONS = [("SCAL - none", "scal", "none", m) for m in ("DINO", "CLIP-I", "CLIP-I min")] + [
     ("MOSAIC - SCAL", "mosaic", "scal", "CLIP-T")] + [
@@ -65,10 +63,9 @@ def run_workflow(cfg: dict, out: Path, cores: int) -> None:
 def base_values(cfg: dict, results: Path, seeds: list[int], ks: list[int], out: Path) -> pd.DataFrame:
     """The shipped base sampled without references on each test split, one sampling seed per seed, scored."""
     from metrics.config import load_config as load_metrics
-    from metrics.evaluate import evaluate
-    from metrics.manifest import read_items
     from mosaic.runfolder import BASE_DIR, CONFIG_FILE, MANIFEST_FILE
     from mosaic.sample import Sampler, dataset_requests, write_outputs
+    from workflow.scripts.evaluate import image_metrics  # the DAG's own img/<metric>[.min] values
 
     run = out / "base_run"
     run.mkdir(parents=True, exist_ok=True)
@@ -92,12 +89,9 @@ def base_values(cfg: dict, results: Path, seeds: list[int], ks: list[int], out: 
                 write_outputs(generate, reqs, [seed], folder, "base", sampler.info,
                               {"steps": ev["steps"], "cfg_scale": ev.get("cfg_scale", 1.0), "references": "none"},
                               overwrite=True)
-            _, agg, _ = evaluate(read_items(folder / MANIFEST_FILE), metrics_cfg, ["CLIP-I", "CLIP-T", "DINO"])
-            row = {"method": "base", "n": k, "seed": seed}
-            for name, col in METRICS.items():
-                stats = [MIN_STAT] if name.endswith("min") else MEAN_STATS
-                sel = agg[(agg.metric == name.split()[0]) & agg.statistic.isin(stats)]
-                row[col] = float(sel["value"].iloc[0]) if len(sel) else math.nan
+            values, _ = image_metrics(folder, metrics_cfg, ["CLIP-I", "CLIP-T", "DINO"], folder / "eval")
+            row = {"method": "base", "n": k, "seed": seed, **{col: values.get(col[len("metrics."):], math.nan)
+                                                                for col in METRICS.values()}}
             rows.append(row)
     return pd.DataFrame(rows)
 

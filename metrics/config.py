@@ -75,10 +75,10 @@ def load_config(path: str | Path | None = None, profile: str | None = "paper") -
 def _resolve_local_dirs(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A relative `local-dir:` model path is relative to the config file's folder (a shipped evaluators
     folder is relocatable); absolute ones are kept."""
-    out = {}
+    prefix, out = "local-dir:", {}
     for name, sec in data.items():
         model = sec.get("model")
-        if isinstance(model, str) and model.startswith("local-dir:") and not Path(model[10:]).is_absolute():
-            sec = {**sec, "model": f"local-dir:{(folder / model[10:]).resolve()}"}
+        if isinstance(model, str) and model.startswith(prefix) and not Path(model[len(prefix):]).is_absolute():
+            sec = {**sec, "model": f"{prefix}{(folder / model[len(prefix):]).resolve()}"}
         out[name] = sec
     return out

@@ -9,14 +9,13 @@ images do not depend on the seed, so their seed-to-seed spread is zero.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .data.sample import read_manifest
+from .data.sample import read_manifest, read_metadata
 from .data.synthetic import SyntheticConfig, background_only
 from .sample import Request, dataset_requests, write_outputs
 
@@ -24,8 +23,7 @@ BOUNDS = ("ceiling", "floor")
 
 
 def _synthetic_config(root: Path) -> SyntheticConfig:
-    info = json.loads((root / "dataset.json").read_text())
-    cfg = info.get("config") or {}
+    cfg = read_metadata(root).get("config") or {}
     return SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()
                               if k in SyntheticConfig.__dataclass_fields__})
 
