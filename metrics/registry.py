@@ -43,12 +43,26 @@ class Metric:
     inputs: ClassVar[tuple[str, ...]]  # manifest fields read: image, prompt, references, masks, attention
     config_key: ClassVar[str]  # its section in the metrics config
     model_keys: ClassVar[tuple[str, ...]] = ()  # keys of that section that choose model and weights
+    # the named published protocols this metric implements (e.g. "xverse", "dreambench++"); the first is the
+    # default, the section's `protocol` key chooses another; the name is recorded with every row and run
+    protocols: ClassVar[tuple[str, ...]] = ("default",)
 
     def __init__(self, cfg: dict[str, Any], ctx: "Context"):
         self.cfg, self.ctx = cfg, ctx
 
+    @property
+    def protocol(self) -> str:
+        """The section's `protocol` (the first of `protocols` if unset); ValueError naming the section if unknown."""
+        sec = self.cfg.get(self.config_key)
+        name = (sec or {}).get("protocol") or self.protocols[0]
+        if name not in self.protocols:
+            raise ValueError(f"metrics config section {self.config_key!r}: protocol {name!r} is not one of "
+                             f"{', '.join(self.protocols)} ({self.name})")
+        return name
+
     def identity(self) -> dict[str, str]:
-        """model / weights / protocol strings recorded with every row."""
+        """Recorded with every row: `model`, `weights`, `protocol` (the name), `procedure` (what it does, in
+        words) and `world` ("" or the evaluator world, e.g. "tiny")."""
         raise NotImplementedError
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
