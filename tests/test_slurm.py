@@ -47,6 +47,7 @@ def slurm_test_profile(dest: Path, retries: int | None = None, **set_resources) 
     prof["set-threads"] = {rule: 1 for rule in prof["set-threads"]}  # the micro config's threads: 1
     prof.update({"slurm-no-account": True, "slurm-status-command": "squeue",
                  "slurm-init-seconds-before-status-checks": 2, "slurm-logdir": str(dest / "slurm-logs"),
+                 "slurm-keep-successful-logs": True,
                  "jobs": 2})
     if retries is not None:
         prof["retries"] = retries

@@ -4,7 +4,8 @@
 # slurm.conf with one node of this machine's cores and memory, starts munged, slurmctld and
 # slurmd, and waits until `sinfo` shows the node idle. Idempotent: a running cluster is left as is.
 # All state lives under $MOSAIC_SLURM_DIR (default /tmp/mosaic-slurm); clients find the cluster
-# through SLURM_CONF:  export SLURM_CONF=$MOSAIC_SLURM_DIR/slurm.conf
+# through SLURM_CONF (export SLURM_CONF=$MOSAIC_SLURM_DIR/slurm.conf) or the link
+# /etc/slurm/slurm.conf -> it, which the script makes (and refuses to replace a real one).
 # No accounting database: snakemake-executor-plugin-slurm polls with squeue (status_command:
 # squeue, which it keeps while MinJobAge is at least 3x its first status-check delay) and runs
 # with no account (slurm-no-account), so slurmdbd/mariadb are not needed.
@@ -94,6 +95,14 @@ NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 mv "$DIR/slurm.conf.new" "$DIR/slurm.conf"
+# Also at SLURM's default path: snakemake-executor-plugin-slurm-jobstep drops SLURM_CONF (all SLURM_*
+# but the job's identity) from the environment of the srun it runs each job in.
+if [ -e /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" != "$DIR/slurm.conf" ]; then
+  echo "start_slurm.sh: /etc/slurm/slurm.conf exists and is not this cluster's; not replacing it" >&2
+  exit 5
+fi
+mkdir -p /etc/slurm
+ln -sfn "$DIR/slurm.conf" /etc/slurm/slurm.conf
 
 pid_alive "$DIR/run/slurmctld.pid" || slurmctld -f "$SLURM_CONF"
 pid_alive "$DIR/run/slurmd.pid" || slurmd -f "$SLURM_CONF"

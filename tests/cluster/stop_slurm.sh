@@ -19,4 +19,5 @@ for name in slurmd slurmctld munged; do
   rm -f "$pidfile"
 done
 rm -f "$DIR/run/munge.socket"*
+[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$DIR/slurm.conf" ] && rm -f /etc/slurm/slurm.conf
 echo "stop_slurm.sh: stopped (state in $DIR)"
