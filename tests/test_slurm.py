@@ -40,15 +40,15 @@ def slurm_test_profile(dest: Path, retries: int | None = None, **set_resources) 
     fit = {"slurm_partition": "debug", "cpus_per_task": 1, "mem_mb": 2000}
     prof["default-resources"] = {k: v for k, v in prof["default-resources"].items() if k != "slurm_account"} | fit
     for rule, res in prof["set-resources"].items():
-        res.pop("gpu", None), res.pop("gpu_model", None)
+        for gpu_key in ("gpu", "gpu_model"):
+            res.pop(gpu_key, None)
         res.update(fit, **set_resources.get(rule, {}))
     for rule, res in set_resources.items():
         prof["set-resources"].setdefault(rule, dict(res))
     prof["set-threads"] = {rule: 1 for rule in prof["set-threads"]}  # the micro config's threads: 1
     prof.update({"slurm-no-account": True, "slurm-status-command": "squeue",
                  "slurm-init-seconds-before-status-checks": 2, "slurm-logdir": str(dest / "slurm-logs"),
-                 "slurm-keep-successful-logs": True,
-                 "jobs": 2})
+                 "slurm-keep-successful-logs": True})
     if retries is not None:
         prof["retries"] = retries
     dest.mkdir(parents=True, exist_ok=True)
@@ -102,10 +102,25 @@ def slurm_micro(cluster, micro_run, tmp_path_factory):
     return work, cfg, prof, finish(over_proc)
 
 
+def slurm_time(minutes: int) -> str:
+    """A time limit as squeue prints it (%l)."""
+    days, rest = divmod(minutes, 1440)
+    return f"{days}-{rest // 60:02}:{rest % 60:02}:00" if days else f"{rest // 60}:{rest % 60:02}:00"
+
+
 def test_micro_dag_through_slurm_equals_the_local_run(slurm_micro, micro_run):
     work, _, _, _ = slurm_micro
-    logs = list((work / "profile" / "slurm-logs").rglob("*.log"))
-    assert any("rule_train" in str(p) for p in logs), logs[:5]  # the jobs really ran as SLURM jobs
+    # every job ran as a SLURM job, with the real profile's runtime for its rule
+    jobs = subprocess.run(["squeue", "-h", "--states=all", "-o", "%k|%l"], capture_output=True, text=True).stdout
+    limits = {}
+    for comment, limit in (line.split("|") for line in jobs.splitlines()):
+        rule = comment.removeprefix("rule_").split("_wildcards_")[0]
+        limits.setdefault(rule, set()).add(limit)
+    real = yaml.safe_load(PROFILE.read_text())
+    for rule in ("train", "train_base", "sample", "evaluate", "tables_ablation"):
+        runtime = real["set-resources"].get(rule, {}).get("runtime", real["default-resources"]["runtime"])
+        assert limits.get(rule) == {slurm_time(runtime)}, (rule, limits)
+    assert len(list((work / "profile" / "slurm-logs" / "rule_train").rglob("*.log"))) == 4  # 2 methods x 2 seeds
     a = pd.read_csv(micro_run[0] / "results" / "ablation.csv").drop(columns=list(RUN_IDS))
     b = pd.read_csv(work / "results" / "ablation.csv").drop(columns=list(RUN_IDS))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -143,7 +158,7 @@ def test_scancel_mid_training_resumes_on_rerun_with_the_same_lora(slurm_micro):
         time.sleep(0.1)
     subprocess.run(["scancel", job], check=True)
     rc, out = finish(proc)
-    assert rc != 0 and f"SLURM-job '{job}' failed" in out, out[-3000:]
+    assert rc != 0 and f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in out, out[-3000:]
     stopped = checkpoint_step(work / RUN)
     assert not (work / RUN / "done.json").exists() and 4 <= stopped < 30, stopped
 
@@ -161,7 +176,7 @@ def test_scancel_mid_training_resumes_on_rerun_with_the_same_lora(slurm_micro):
 def test_job_over_its_runtime_is_reported_failed_with_its_slurm_log(slurm_micro):
     rc, out = slurm_micro[3]
     assert rc != 0, out[-3000:]
-    assert "SLURM status is: 'TIMEOUT'" in out, out[-3000:]
+    assert "Error in rule synthetic_split" in out and "SLURM status is: 'TIMEOUT'" in out, out[-3000:]
     logs = [w for w in out.split() if w.strip("'\",.").endswith(".log") and "slurm-logs" in w]
     assert logs, out[-3000:]
     log = Path(logs[0].strip("'\",."))

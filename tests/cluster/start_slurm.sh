@@ -55,7 +55,7 @@ if ! [ -S "$DIR/run/munge.socket" ] || ! munge -n -S "$DIR/run/munge.socket" >/d
 fi
 
 NODE=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # (nproc honours OMP_NUM_THREADS)
 # slurmd drains a node that reports less memory than RealMemory: keep a margin of 5 %
 MEM_MB=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)
 
@@ -85,8 +85,9 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
-# finished jobs stay visible to squeue for 10 minutes (the executor plugin polls squeue)
-MinJobAge=600
+# finished jobs stay visible to squeue for an hour (the executor plugin polls squeue; the test reads
+# the time limits the profile gave)
+MinJobAge=3600
 KillWait=5
 InactiveLimit=0
 Waittime=0
