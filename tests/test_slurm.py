@@ -70,6 +70,7 @@ def finish(proc: subprocess.Popen, timeout=1500) -> tuple[int, str]:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """The live cluster (SLURM_CONF set for this process and its children); skipped when it cannot start."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="no snakemake-executor-plugin-slurm (test extra)")
     if os.geteuid() != 0:
         pytest.skip("the SLURM test cluster needs root (apt-get install slurmctld slurmd munge; slurmd)")
     state = Path(os.environ.get("MOSAIC_SLURM_DIR", "/tmp/mosaic-slurm"))
@@ -215,7 +216,7 @@ def test_the_multi_node_launcher_trains_two_processes_through_srun(cluster, tmp_
                         "-p", "debug", "-t", "10", "-o", str(log), "--wrap", script],
                        capture_output=True, text=True, timeout=900)
     text = log.read_text() if log.exists() else ""
-    assert p.returncode == 0, (p.stderr + text)[-4000:]
+    assert p.returncode == 0 and text, (p.stderr + text)[-4000:]  # sbatch --wait exits 0 for a job cancelled pending
     assert f"--rdzv_endpoint {socket.gethostname().split('.')[0]}:29500" in text  # resolved by scontrol
     assert (out / "lora.safetensors").is_file()
     client = MlflowClient(uri)
