@@ -18,13 +18,14 @@ import yaml
 from .dino import PROTOCOL as DINO_PROTOCOL
 
 PAPER: dict[str, dict[str, Any]] = {
-    "clip_i": {"model": "ViT-B-32", "pretrained": "openai"},
-    "clip_t": {"model": "ViT-L-14", "pretrained": "openai"},
-    "dino": {"model": "vit_small_patch16_224.dino", "weights": None, **DINO_PROTOCOL},
+    # one CLIP for both, as DreamBench++ does (ViT-L-14 stays a choice); openai tags load with QuickGELU
+    "clip_i": {"protocol": "dreambench++", "model": "ViT-B-32", "pretrained": "openai"},
+    "clip_t": {"protocol": "dreambench++", "model": "ViT-B-32", "pretrained": "openai"},
+    "dino": {"protocol": "xverse", "model": "vit_small_patch16_224.dino", "weights": None, **DINO_PROTOCOL},
     "id_sim": {"backend": "insightface", "model_root": None, "model_name": "antelopev2", "det_size": 640},
     "ip_sim": {"localiser": "owlv2_sam", "detector": None, "segmenter": None, "max_instances": 3,
                "box_threshold": 0.1},
-    "hpsv21": {"model": "ViT-H-14", "checkpoint": None},
+    "hpsv21": {"protocol": "hpsv2", "model": "ViT-H-14", "checkpoint": None},
     "mechanism": {},
 }
 PROFILES = {"paper": PAPER}

@@ -67,6 +67,7 @@ class HpsV21(Metric):
     inputs = ("image", "prompt")
     config_key = "hpsv21"
     model_keys = ("model", "checkpoint")
+    protocols = ("hpsv2",)  # the hpsv2 package's score (HPSv2.1 checkpoint), x100
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -75,7 +76,8 @@ class HpsV21(Metric):
 
     def identity(self) -> dict[str, str]:
         return {"model": f"open_clip {self.model.model_name} + HPS_v2.1", "weights": self.model.weights,
-                "protocol": "HPSv2 eval transform (longest side, zero pad); full prompt; cosine x100",
+                "protocol": self.protocol,
+                "procedure": "HPSv2 eval transform (longest side, zero pad); full prompt; cosine x100",
                 "world": self.model.world}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
@@ -103,6 +105,7 @@ class HpsV3(Metric):
     inputs = ("image", "prompt")
     config_key = "hpsv3"
     model_keys = ("checkpoint",)
+    protocols = ("hpsv3",)  # the hpsv3 package's HPSv3RewardInferencer
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -111,7 +114,8 @@ class HpsV3(Metric):
 
     def identity(self) -> dict[str, str]:
         return {"model": "HPSv3 (hpsv3 package)", "weights": str(self.sec.get("checkpoint")),
-                "protocol": "HPSv3RewardInferencer.reward mean (mu); full prompt", "world": ""}
+                "protocol": self.protocol, "procedure": "HPSv3RewardInferencer.reward mean (mu); full prompt",
+                "world": ""}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
         with torch.no_grad():

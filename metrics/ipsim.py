@@ -41,7 +41,7 @@ class IpSim(Metric):
         return {"model": f"{loc.model}; {self.dino.model_name}",
                 "weights": "; ".join(w for w in (loc.weights, self.dino.weights) if w),
                 "protocol": f"crop on white, <= {loc.max_instances} instances, max DINO cosine x100; "
-                            f"0 if none; DINO {self.dino.protocol}",
+                            f"0 if none; DINO {self.dino.procedure}",
                 "world": self.dino.world}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
