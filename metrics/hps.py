@@ -23,14 +23,16 @@ import torch
 from PIL import Image
 
 from mosaic.runfolder import atomic_file
+from mosaic.safeload import torch_file
 
 from .manifest import Item, read_items
 from .registry import Metric, MetricUnavailable, Row, cosine100, register, section
 
 
 def load_hps_checkpoint(net, path: str | Path) -> None:
-    """Load an HPS checkpoint (`{"state_dict": ...}` or a bare state dict) into an open_clip model."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    """Load an HPS checkpoint (`{"state_dict": ...}` or a bare state dict) into an open_clip model (tensors only:
+    mosaic.safeload.torch_file refuses a file that needs more)."""
+    state = torch_file(path, "HPS checkpoint")
     state = state.get("state_dict", state)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     net.load_state_dict(state)
