@@ -272,3 +272,13 @@ def test_dino_protocol_and_model_must_agree(vit_s16):
 def test_an_unavailable_metric_still_records_its_protocol(folder):
     table = evaluate(read_items(folder / "manifest.jsonl"), {"hpsv21": {"model": "ViT-H-14"}}, missing="nan")[0]
     assert (table.protocol == "hpsv2").all() and table.value.isna().all()
+
+
+def test_workflow_logs_each_metrics_protocol_as_a_tag(folder, models, tmp_path):
+    """workflow/scripts/evaluate.py: the record's tags carry protocol/<metric> (what the tables compare)."""
+    from workflow.scripts.evaluate import image_metrics
+
+    metrics, tags = image_metrics(folder, models, ["CLIP-I", "CLIP-T", "DINO"], tmp_path / "eval")
+    assert {tags[f"protocol/{m}"] for m in ("CLIP-I", "CLIP-T")} == {"dreambench++"}
+    assert tags["protocol/DINO"] == "xverse" and "CLS cosine x100" in tags["procedure/DINO"]
+    assert "img/CLIP-I" in metrics and "protocol/CLIP-I.min" not in tags
