@@ -25,6 +25,10 @@ PAPER: dict[str, dict[str, Any]] = {
     "ip_sim": {"localiser": "owlv2_sam", "detector": None, "segmenter": None, "max_instances": 3,
                "box_threshold": 0.1},
     "hpsv21": {"model": "ViT-H-14", "checkpoint": None},
+    "hpsv3": {"checkpoint": None},  # scored in workflow/envs/hpsv3.yaml (metrics.hps)
+    "dpg": {"protocol": "xverse", "vqa": None, "questions": []},  # questions: XVerseBench_*_DSG.json
+    "aes": {"protocol": "xverse", "encoder": None, "head": None},
+    "unified_reward": {"model": None},
     "mechanism": {},
 }
 PROFILES = {"paper": PAPER}

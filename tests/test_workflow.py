@@ -102,6 +102,14 @@ def test_paper_dry_run_builds_the_full_dag_without_weights():
         assert stats[f"sample_official_{m.replace('-', '_')}"] == 4  # the four benchmark evaluation sets
     assert stats["subjects200k_part"] == 3 and stats["collage_split"] > 0
     assert "--profile paper" in p.stdout  # the paper metrics config, not the tiny-world evaluators
+    # every paper metric is planned: DPG and AES on XVerseBench, UnifiedReward on DreamBench in the main env,
+    # HPSv3 by its own rule in its own env, merged into the DreamBench evaluations
+    names = [m[1].split(",") for m in re.finditer(r"--metric-names (\S+)", p.stdout)]
+    assert any({"DPG", "ID-Sim", "IP-Sim", "AES"} <= set(n) for n in names)
+    assert any("UnifiedReward" in n for n in names) and not any("HPSv3" in n for n in names)
+    dreambench = sum(1 for m in re.finditer(r"--evalset dreambench-\S+", p.stdout))
+    assert stats["evaluate_hpsv3"] > 0 and p.stdout.count("--extra-table results/evals_env/HPSv3/") == dreambench
+    assert "python -m metrics.hps" in p.stdout
 
 
 def test_lint_is_clean_for_both_profiles():
