@@ -73,7 +73,8 @@ def load_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError names the global the file would need
         raise ValueError(f"{key}: {path} cannot be read with torch.load(weights_only=True) (it needs more than "
-                         f"tensors: {type(e).__name__}: {str(e).splitlines()[0]}); save its state_dict() alone") from None
+                         f"tensors: {type(e).__name__}: {str(e).splitlines()[0]}); save its state_dict() "
+                         "alone") from None
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{key}: {path} does not hold a state dict of tensors")

@@ -116,23 +116,28 @@ def aligned_face(rgb: np.ndarray, detect: Detector) -> np.ndarray | None:
 class XVerseFaces:
     """RetinaFace-R50 + IR-SE50 under the kit's steps; embeddings are L2-normalised 512-d vectors."""
 
+    FILES = {"detector": "facer RetinaFace-R50 Resnet50_Final.pth", "weights": "ArcFace model_ir_se50.pth"}
+
     def __init__(self, key: str, sec: dict[str, Any], detector: Detector | None = None, recogniser=None):
+        """Models from `sec` (`detector`, `weights`, `threshold`, `device`); tests may pass their own."""
         device = sec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        paths = {k: sec.get(k) for k in ("detector", "weights")}
-        if detector is None or recogniser is None:
-            for k, what in (("detector", "facer RetinaFace-R50 Resnet50_Final.pth"), ("weights", "ArcFace model_ir_se50.pth")):
-                if not paths[k]:
-                    raise MetricUnavailable(f"{key}.{k} is not set: give the path of {what}")
-                if not Path(paths[k]).expanduser().is_file():
-                    raise MetricUnavailable(f"{key}.{k}: {paths[k]} not found ({what})")
+        paths, threshold = {k: sec.get(k) for k in self.FILES}, float(sec.get("threshold", 0.8))
+        for k, what in self.FILES.items():
+            if (detector if k == "detector" else recogniser) is not None:
+                continue
+            if not paths[k]:
+                raise MetricUnavailable(f"{key}.{k} is not set: give the path of {what}")
+            if not Path(paths[k]).expanduser().is_file():
+                raise MetricUnavailable(f"{key}.{k}: {paths[k]} not found ({what})")
         try:
-            self.detect = detector or RetinaFaceR50(paths["detector"], sec.get("threshold", 0.8), device, f"{key}.detector")
+            self.detect = detector or RetinaFaceR50(paths["detector"], threshold, device, f"{key}.detector")
         except ImportError as e:
-            raise MetricUnavailable(f"{key}: the xverse protocol needs the facer toolkit (pip install pyfacer): {e}") from None
+            raise MetricUnavailable(f"{key}: the xverse protocol needs the facer toolkit (pip install pyfacer): "
+                                    f"{e}") from None
         self.recogniser = (recogniser or load_irse50(paths["weights"], f"{key}.weights")).to(device)
         self.device = device
-        self.id = f"xverse:{paths['detector']}:{paths['weights']}"
-        self.model = "RetinaFace-R50 (facer) + ArcFace IR-SE50"
+        self.id = f"xverse:{paths['detector']}:{paths['weights']}:{threshold}"
+        self.model = f"RetinaFace-R50 (facer, threshold {threshold}) + ArcFace IR-SE50"
         self.weights = f"detector={paths['detector']}; recogniser={paths['weights']}"
 
     @torch.no_grad()
