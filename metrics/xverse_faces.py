@@ -96,9 +96,8 @@ def align_matrix(points: np.ndarray) -> np.ndarray:
 
 def align(rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Step 2: the 112x112 RGB uint8 face, warped as the kit's `tight_warp_face` does."""
-    from facer.transform import make_tanh_warp_grid
-
     from facer import hwc2bchw
+    from facer.transform import make_tanh_warp_grid
 
     matrix = torch.from_numpy(align_matrix(points))[None]
     grid = make_tanh_warp_grid(matrix, 0.0, ALIGN_SIZE, rgb.shape[:2])
