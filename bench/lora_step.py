@@ -7,7 +7,7 @@ Arms, interleaved step by step so drift hits both (medians, ratio to `no-lora`):
   lora     the reference-only LoRA of mosaic.model.fused at --rank on the upstream targets, forward +
            backward + optimizer step: DeepSpeed ZeRO-2 with bf16 and the client AdamW, as mosaic.train
            builds it (mosaic.train.distributed.build_engine; one GPU: a world of one), or with
-           --no-deepspeed torch AdamW on the bf16 LoRA weights (no fp32 master: less memory than the trainer).
+           --no-deepspeed torch AdamW on the LoRA weights as peft made them (the record names their dtype).
 Peak memory is torch.cuda.max_memory_allocated over each arm's steps (the no-lora arm's includes the
 resident LoRA weights and, after the first lora step, the optimizer state).
 
@@ -69,13 +69,14 @@ def engine_for(model, p, deepspeed: bool):
             engine.backward(loss)
             engine.step()
         return step, "DeepSpeed ZeRO-2, client AdamW (fp32 master)"
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6)
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-6)
 
     def step(x, v):
         opt.zero_grad(set_to_none=True)
         F.mse_loss(model(**x).float(), v).backward()
         opt.step()
-    return step, "torch AdamW on the bf16 LoRA weights (no DeepSpeed)"
+    return step, f"torch AdamW on the {str(params[0].dtype).removeprefix('torch.')} LoRA weights (no DeepSpeed)"
 
 
 def main(argv=None) -> int:

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
         torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN attention failed in backward on FLUX shapes (gpu-notes)
     probe = load_config(None, config_items(a.profile, Path("x"), a.out / "run", a.train_steps, a.smoke))
     res: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-                 "flavour": probe.model.flavour, "lora_rank": probe.model.lora_rank, "zero_stage": probe.train.zero_stage,
+                 "flavour": probe.model.flavour, "lora_rank": probe.model.lora_rank,
+                 "zero_stage": probe.train.zero_stage,
                  "precision": probe.train.precision, "gradient_checkpointing": probe.model.gradient_checkpointing,
                  "target_size": probe.data.target_size, "refs": 4}
     t0 = time.perf_counter()

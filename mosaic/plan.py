@@ -22,8 +22,10 @@ here needs weights or a GPU:
   hidden-width vector per token) is kept, plus one block's saved tensors while it is recomputed.
   The attention probe of the SCAL/MDL losses keeps only its annotated rows and is not counted.
 * cards: a plan fits a card when its total is at most the card's memory less 1 GiB (CUDA context,
-  allocator slack). The total is a lower bound of the real peak: it leaves out allocator
-  fragmentation and the transient buffers of the backward.
+  allocator slack). The total is the steady training state: it leaves out allocator fragmentation,
+  the transient buffers of the backward, and the load: the trainer builds the model in fp32 on the
+  device before DeepSpeed casts it to bf16 (and partitions it at stage 3), a transient of 4 B per
+  parameter (48 GB for FLUX.1-dev) that a small card must survive first.
 
 `reference_check()` compares the estimate with the peaks measured on an H100 (upstream-style LoRA on
 all tokens, ZeRO-2, one GPU; see REFERENCE).
@@ -137,7 +139,8 @@ def count_parameters(cfg: Config) -> Counts:
     tr = m.transformer
     blocks = [*tr.transformer_blocks, *tr.single_transformer_blocks]
     largest = max(sum(p.numel() for p in b.parameters()) for b in blocks)
-    return Counts(frozen, trainable, largest, tr.inner_dim, len(tr.transformer_blocks), len(tr.single_transformer_blocks))
+    return Counts(frozen, trainable, largest, tr.inner_dim, len(tr.transformer_blocks),
+                  len(tr.single_transformer_blocks))
 
 
 def token_counts(cfg: Config, refs: int) -> Tokens:
