@@ -112,6 +112,23 @@ def test_paper_dry_run_builds_the_full_dag_without_weights():
     assert "python -m metrics.hps" in p.stdout
 
 
+def planned_paths(out: str) -> set[str]:
+    """Every output, log and benchmark path of the jobs a dry run lists."""
+    lines = re.findall(r"^    (?:output|log|benchmark): (.*)$", out, re.M)
+    return {p.strip() for line in lines for p in line.split(",")}
+
+
+def test_profiles_never_share_outputs(tmp_path):
+    """The paper profile writes under its own folder, so running it where a tiny run lives plans no
+    tiny job: no path of one DAG is, or lies inside, a path of the other."""
+    assert TINY["results"] == "results" and PAPER["results"] != TINY["results"]
+    tiny = planned_paths(snakemake("-n", "--cores", "2", "--workflow-profile", "none", "-d", str(tmp_path)).stdout)
+    paper = planned_paths(snakemake("-n", "--cores", "2", "--configfile", "workflow/config/paper.yaml").stdout)
+    assert "results/ablation.csv" in tiny and f"{PAPER['results']}/ablation.csv" in paper
+    roots = {"tiny": {Path(p).parts[0] for p in tiny}, "paper": {Path(p).parts[0] for p in paper}}
+    assert roots == {"tiny": {TINY["results"]}, "paper": {PAPER["results"]}}  # neither root inside the other
+
+
 def test_lint_is_clean_for_both_profiles():
     for extra in ([], ["--configfile", "workflow/config/paper.yaml"]):
         p = snakemake("--lint", *extra)
