@@ -29,13 +29,16 @@ import pandas as pd
 
 from mosaic.runfolder import atomic_file
 
+from . import paper_columns
+
 CHANCE = "leakage at chance (%)"  # the leakage of a uniform attention: the share of other subjects' tokens
 SUBJECT_CHANCE = "subject leakage at chance (%)"  # the same for subject leakage: about (n-1)/n
 CHANCES = {"leakage (%)": CHANCE, "subject leakage (%)": SUBJECT_CHANCE}  # metric -> its chance column
 MECHANISM = {"metrics.mech/alignment_acc": "alignment acc (%)", "metrics.mech/leakage": "leakage (%)",
              "metrics.mech/leakage_chance": CHANCE, "metrics.mech/subject_leakage": "subject leakage (%)",
              "metrics.mech/subject_leakage_chance": SUBJECT_CHANCE}
-ORDER = ["CLIP-I", "CLIP-T", "DINO", "HPSv2.1", "HPSv3", "ID-Sim", "IP-Sim"]  # the papers' column order
+ORDER = ["CLIP-I", "CLIP-T", "DINO", "UnifiedReward", "HPSv2.1", "HPSv3", "DPG", "ID-Sim", "IP-Sim", "AES",
+         "AVG"]  # the papers' column order
 PAPER_BENCHMARKS = {"dreambench": "DreamBench", "xversebench": "XVerseBench"}
 # The protocol each of the paper's cells was computed under, per paper table and metric: the one place this is
 # recorded (names as in metrics.registry.Metric.protocols). The paper names no CLIP/DINO code: its DreamBench
@@ -44,7 +47,7 @@ PAPER_BENCHMARKS = {"dreambench": "DreamBench", "xversebench": "XVerseBench"}
 # are the XVerse kit's (eval/tools: RetinaFace + IR-SE50, Florence-2 + SAM2 + DINO, DSG + VQA, aesthetic v2.5).
 _DREAMBENCH = {"CLIP-I": "dreambench++", "CLIP-T": "dreambench++", "DINO": "xverse"}
 PAPER_PROTOCOLS: dict[str, dict[str, str]] = {
-    "main": {**_DREAMBENCH, "HPSv3": "hpsv3", "UnifiedReward": "unifiedreward"},
+    "main": {**_DREAMBENCH, "HPSv3": "hpsv3", "UnifiedReward": "unifiedreward-qwen"},
     "ablation": dict(_DREAMBENCH),
     "xverse": {m: "xverse" for m in ("DPG", "ID-Sim", "IP-Sim", "AES", "AVG")},
 }
@@ -143,18 +146,13 @@ def add_paper(table: pd.DataFrame, paper: pd.DataFrame | None, paper_table: str,
               paper_method: dict[str, str], profile: str = "paper") -> pd.DataFrame:
     """`<display> paper` (the reported value: same benchmark, scenario, method via `paper_method`, and metric,
     the display name without its world label) and `<display> gap` (measured mean - reported) where the value was
-    computed as the paper's was (`gap_blocker`); the paper's other metrics become NaN columns; reasons in notes."""
+    computed as the paper's was (`gap_blocker`, its reason in notes). The paper's unmeasured metrics are columns
+    already (workflow.lib.paper_columns.complete), their reasons in notes."""
     if paper is None:
         return table
     table = table.copy()
     ref = paper[paper["table"] == paper_table]
     names = list(metrics.values())
-    present = {n.split(" (")[0] for n in names}
-    for metric in dict.fromkeys(ref["metric"]):  # every metric of the paper's table stays, measured or not
-        if metric not in present:
-            table[metric], table[f"{metric} mean"], table[f"{metric} std"] = "n/a", float("nan"), float("nan")
-            table[f"{metric} cells"] = 0
-            names.append(metric)
     notes = [[n] if n else [] for n in table.get("notes", pd.Series([""] * len(table), index=table.index))]
     for name in names:
         base = name.split(" (")[0]
@@ -165,7 +163,7 @@ def add_paper(table: pd.DataFrame, paper: pd.DataFrame | None, paper_table: str,
                       & (ref["metric"] == base)]
             reported = float(hit["value"].iloc[0]) if len(hit) else float("nan")
             why = gap_blocker(r, name, paper_table, profile) if len(hit) else ""
-            if why:
+            if why and pd.notna(r.get(f"{name} mean")):  # a NaN cell: its own reason is in the notes already
                 notes[i].append(f"{base}: no paper gap: {why}")
             values.append(reported)
             gaps.append(float("nan") if why else r[f"{name} mean"] - reported)
@@ -247,6 +245,26 @@ def scaling_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return _front(t, ["method", "ktrain", "n"], metrics)
 
 
+def _overall_identity(table: pd.DataFrame) -> pd.DataFrame:
+    """The Overall rows (scenario `all`, workflow.lib.paper_columns.overall) inherit the AVG protocol their two
+    scenarios share and the prompts of both, so that their gap follows the same rule as the AVGs'."""
+    rows = table["scenario"] == paper_columns.ALL
+    if not rows.any():
+        return table
+    table = table.copy()
+    for i in table.index[rows]:
+        parts = table[(table["method"] == table.at[i, "method"]) & ~rows]
+        if "AVG protocol" in parts:
+            names = set(parts["AVG protocol"].fillna(""))
+            table.loc[i, "AVG protocol"] = names.pop() if len(names) == 1 else ";".join(sorted(names))
+        cov = [c.split(" / ") for c in parts.get(COVERAGE, pd.Series(dtype=object)) if isinstance(c, str)]
+        if COVERAGE in table:
+            table[COVERAGE] = table[COVERAGE].astype(object)
+            table.loc[i, COVERAGE] = (f"{sum(int(r) for r, _ in cov)} / {sum(int(t) for _, t in cov)}"
+                                      if cov and len(cov) == len(parts) else float("nan"))
+    return table
+
+
 def add_coverage(table: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """`n run / n in protocol` per row: the prompts its runs generated / the benchmark protocol's entries (runnable
     or not), where the runs logged both (benchmark evaluations); other rows get NaN."""
@@ -269,6 +287,8 @@ def benchmark_table(runs: pd.DataFrame, benchmark: str, methods: dict[str, dict]
     runs = runs[runs["tags.benchmark"] == benchmark]
     if runs.empty:
         return pd.DataFrame(columns=["benchmark", "scenario", "method"])
+    if paper_table == "xverse":
+        runs = paper_columns.with_avg(runs)  # the kit's AVG per run (workflow.lib.paper_columns)
     metrics = metric_columns(runs, mechanism=False)
     t = summarise(runs, ["benchmark", "scenario", "method"], metrics)
     for col in ("prompts", "images", "entries/total", "entries/runnable", "entries/skipped"):
@@ -276,6 +296,9 @@ def benchmark_table(runs: pd.DataFrame, benchmark: str, methods: dict[str, dict]
             per = runs.groupby(["tags.scenario", "tags.method"], sort=False)[f"metrics.{col}"].max()
             t[col.replace("entries/", "")] = [per.get((s, m)) for s, m in zip(t["scenario"], t["method"])]
     t = add_coverage(t, runs, ["benchmark", "scenario", "method"])
+    t, metrics = paper_columns.complete(t, metrics, paper_columns.paper_metrics(paper, paper_table))
+    if paper_table == "xverse":
+        t = _overall_identity(paper_columns.overall(t))
     t = add_paper(t, paper, paper_table, metrics, paper_names(methods, paper_table), profile)
     t = _order(t, list(methods)).sort_values("scenario", kind="stable")
     return _front(t, ["benchmark", "scenario", "method"], metrics)
