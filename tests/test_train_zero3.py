@@ -51,6 +51,8 @@ def assert_close(a: dict, b: dict):
 def test_zero3_exports_the_lora_zero2_exports(runs):
     s2, s3 = lora(runs, "lora_s2"), lora(runs, "lora_s3")
     assert_close(s2, s3)
+    # gradient checkpointing (the paper profile's): the backward's recomputation gathers the slices again
+    assert_close(s2, lora(runs, "lora_s3_checkpointed"))
     assert any(v.abs().sum() > 0 for k, v in s3.items() if "lora_B" in k)  # trained away from lora_B = 0
     model = build_model("debug", lora=LoraSpec())  # the diffusers/peft file loads into a fresh model
     model.load_lora(runs / "lora_s3" / LORA_FILE)
@@ -91,3 +93,12 @@ def test_zero3_base_mode_exports_the_transformer_zero2_exports(runs):
     assert any(not torch.equal(s3[k], init[k]) for k in init)
     trained = build_model("debug", weights=runs / "base_s3" / "transformer", lora=None).transformer.state_dict()
     assert all(torch.equal(trained[k], s3[k]) for k in s3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dreamo", "xverse"])
+def test_zero3_trains_and_exports_the_extension_baselines_as_zero2(runs, name):
+    for file in (LORA_FILE, "extension.safetensors"):
+        s2, s3 = load_file(runs / f"{name}_s2" / file), load_file(runs / f"{name}_s3" / file)
+        assert_close(s2, s3)
+    assert any(v.abs().sum() > 0 for v in s3.values())  # the extension's zero-initialised module trained

@@ -18,12 +18,17 @@ EMA = ["train.ema_decay=0.9"]
 RUNS = {
     "lora_s2": (["train.zero_stage=2"], None),
     "lora_s3": (["train.zero_stage=3"], None),
+    "lora_s3_checkpointed": (["train.zero_stage=3", "model.gradient_checkpointing=true"], None),  # recomputes
     "ema_s2": (["train.zero_stage=2", *EMA], None),
     "ema_s3": (["train.zero_stage=3", *EMA], None),
     "ema_s3_resumed": (["train.zero_stage=3", *EMA], 7),
     "base_s2": (["train.zero_stage=2", "train.mode=base", "train.steps=6", *EMA], None),
     "base_s3": (["train.zero_stage=3", "train.mode=base", "train.steps=6", *EMA], None),
 }
+for _name, _cls in (("dreamo", "DreamOExtension"), ("xverse", "XVerseExtension")):  # the controlled baselines'
+    for _stage in (2, 3):  # extensions: own trainable modules, own export file
+        RUNS[f"{_name}_s{_stage}"] = ([f"train.zero_stage={_stage}", "train.steps=6", "loss.alpha=0", "loss.beta=0",
+                                       f"model.extension=baselines.controlled.{_name}:{_cls}"], None)
 WITH_VAL = ("lora_s2", "lora_s3")  # the after-training evaluation, on every rank under ZeRO-3
 
 
