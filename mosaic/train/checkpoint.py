@@ -78,7 +78,7 @@ class Checkpointer:
 
     def check_finite(self, step: int) -> None:
         """Every rank checks its slices (ZeRO-3) or its copies; all agree on the count (collective)."""
-        flags = torch.tensor([float(not torch.isfinite(p).all()) for p in local_tensors(self.params)])
+        flags = torch.stack([~torch.isfinite(t).all() for t in local_tensors(self.params)]).float()  # on the device
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         bad = int(flags.sum())
         if bad:
