@@ -63,7 +63,10 @@ def select(cfg: dict[str, Any], names: list[str] | None) -> list[str]:
 def _configured_protocol(cls, cfg: dict[str, Any]) -> str:
     """The protocol a metric's section names (validated as Metric.protocol does), without loading its model."""
     view = SimpleNamespace(cfg=cfg, config_key=cls.config_key, protocols=cls.protocols, name=cls.name)
-    return Metric.protocol.fget(view)
+    try:
+        return cls.protocol.fget(view)  # a metric's own rule (ID-Sim: the old `backend` key names it too)
+    except AttributeError:  # it reads more than the config: the contract's rule
+        return Metric.protocol.fget(view)
 
 
 def _unavailable_rows(cls, items: list[Item], reason: str) -> list[Row]:
@@ -152,7 +155,7 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, g in table.groupby(keys, sort=False, dropna=False):
         first = g.iloc[0]
-        common = {**dict(zip(keys, key)), **{k: first[k] for k in IDENTITY}}
+        common = {**dict(zip(keys, key)), **{k: first.get(k, "") for k in IDENTITY}}  # older tables: no procedure
         v = g["value"]
         out.append({**common, "statistic": "mean over (image, reference) pairs" if g["reference"].notna().any()
                     else "mean over images", "value": v.mean(), "std": v.std(ddof=0), "n": int(v.notna().sum()),

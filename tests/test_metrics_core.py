@@ -272,6 +272,9 @@ def test_dino_protocol_and_model_must_agree(vit_s16):
 def test_an_unavailable_metric_still_records_its_protocol(folder):
     table = evaluate(read_items(folder / "manifest.jsonl"), {"hpsv21": {"model": "ViT-H-14"}}, missing="nan")[0]
     assert (table.protocol == "hpsv2").all() and table.value.isna().all()
+    cfg = {"id_sim": {"backend": "insightface", "model_root": str(folder / "none")}}  # ID-Sim's own protocol rule
+    table = evaluate(read_items(folder / "manifest.jsonl"), cfg, ["ID-Sim"], missing="nan")[0]
+    assert (table.protocol == "insightface").all() and table.value.isna().all()
 
 
 def test_workflow_logs_each_metrics_protocol_as_a_tag(folder, models, tmp_path):
