@@ -182,7 +182,8 @@ def gap_blocker(row: pd.Series, name: str, paper_table: str, profile: str) -> st
         return f"computed in another world ({name[len(base) + 2:-1]}): comparable within it only"
     if pd.isna(row.get(f"{name} mean")):
         return "not measured"
-    want, got = PAPER_PROTOCOLS.get(paper_table, {}).get(base), str(row.get(f"{name} protocol") or "")
+    want, got = PAPER_PROTOCOLS.get(paper_table, {}).get(base), row.get(f"{name} protocol")
+    got = got if isinstance(got, str) else ""  # NaN: no run recorded it
     if want is None:
         return f"the paper's protocol for {base} in table {paper_table!r} is not recorded (tables.PAPER_PROTOCOLS)"
     if got != want:
