@@ -22,8 +22,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "clip_t": {"model": "ViT-L-14", "pretrained": "openai"},
     "dino": {"model": "vit_small_patch16_224.dino", "weights": None, **DINO_PROTOCOL},
     "id_sim": {"backend": "insightface", "model_root": None, "model_name": "antelopev2", "det_size": 640},
-    "ip_sim": {"localiser": "owlv2_sam", "detector": None, "segmenter": None, "max_instances": 3,
-               "box_threshold": 0.1},
+    "ip_sim": {"protocol": "xverse", "detector": None, "segmenter": None, "max_instances": 3},
     "hpsv21": {"model": "ViT-H-14", "checkpoint": None},
     "mechanism": {},
 }
