@@ -1,8 +1,10 @@
 """Subject localisers for IP-Sim: where in a generated image is the reference's subject?
 
 `instances(image, ref)` returns a list of boolean masks (at most `max_instances`, best
-first; an empty list when nothing is found) or raises `NotLocalisable` with the reason
-the question cannot be answered for this reference (NaN in the table, not 0).
+first) or of `Detection`s (a detector's box + mask, all of them, in the detector's order:
+the XVerse protocol filters before it keeps 3); an empty list when nothing is found; or raises
+`NotLocalisable` with the reason the question cannot be answered for this reference (NaN in the
+table, not 0).
 
 - `masks`: the ground-truth mask the manifest gives for this subject (synthetic world).
 - `background`: word-agnostic; the pixels that differ from the border's background colour,
@@ -74,6 +76,16 @@ class BackgroundLocaliser:
         return [labels == c for c in order[: self.max_instances]]
 
 
+def _weights_folder(key: str, sec: dict[str, Any], part: str, what: str) -> str:
+    value = sec.get(part)
+    if not value:
+        raise MetricUnavailable(f"{key}.{part} is not set: give a local folder with the {what} weights "
+                                f"(save_pretrained layout)")
+    if not Path(value).expanduser().is_dir():
+        raise MetricUnavailable(f"{key}.{part}: weights folder {value} not found")
+    return str(Path(value).expanduser())
+
+
 class OwlSamLocaliser:
     """OWLv2 boxes for the subject word, then one SAM mask per box (the XVerse pipeline's shape)."""
 
@@ -94,19 +106,11 @@ class OwlSamLocaliser:
     def _load(key: str, sec: dict[str, Any]) -> dict[str, Any]:
         from transformers import Owlv2ForObjectDetection, Owlv2Processor, SamModel, SamProcessor
 
-        paths = {}
-        for part in ("detector", "segmenter"):
-            value = sec.get(part)
-            if not value:
-                raise MetricUnavailable(f"{key}.{part} is not set: give a local folder with the "
-                                        f"{'OWLv2' if part == 'detector' else 'SAM'} weights (save_pretrained layout)")
-            if not Path(value).expanduser().is_dir():
-                raise MetricUnavailable(f"{key}.{part}: weights folder {value} not found")
-            paths[part] = str(Path(value).expanduser())
-        return {"detector": Owlv2ForObjectDetection.from_pretrained(paths["detector"]).eval(),
-                "detector_processor": Owlv2Processor.from_pretrained(paths["detector"]),
-                "segmenter": SamModel.from_pretrained(paths["segmenter"]).eval(),
-                "segmenter_processor": SamProcessor.from_pretrained(paths["segmenter"])}
+        det, seg = _weights_folder(key, sec, "detector", "OWLv2"), _weights_folder(key, sec, "segmenter", "SAM")
+        return {"detector": Owlv2ForObjectDetection.from_pretrained(det).eval(),
+                "detector_processor": Owlv2Processor.from_pretrained(det),
+                "segmenter": SamModel.from_pretrained(seg).eval(),
+                "segmenter_processor": SamProcessor.from_pretrained(seg)}
 
     def instances(self, image: np.ndarray, ref: RefInput) -> list[np.ndarray]:
         if not ref.word:
@@ -136,16 +140,6 @@ class Detection(NamedTuple):
     """One detected instance: the detector's box (x0, y0, x1, y1, pixels) and its boolean mask."""
     box: tuple[float, float, float, float]
     mask: np.ndarray
-
-
-def _weights_folder(key: str, sec: dict[str, Any], part: str, what: str) -> str:
-    value = sec.get(part)
-    if not value:
-        raise MetricUnavailable(f"{key}.{part} is not set: give a local folder with the {what} weights "
-                                f"(save_pretrained layout)")
-    if not Path(value).expanduser().is_dir():
-        raise MetricUnavailable(f"{key}.{part}: weights folder {value} not found")
-    return str(Path(value).expanduser())
 
 
 class Florence2Sam2Localiser:
@@ -206,11 +200,17 @@ class Florence2Sam2Localiser:
 
 
 def parse_open_vocabulary(processor, text: str, size: tuple[int, int]) -> list[list[float]]:
-    """The boxes of a Florence-2 `<OPEN_VOCABULARY_DETECTION>` answer (`size` = (width, height)); an
-    answer given as polygons instead has no box, and XVerse's kit ignores it too."""
+    """The boxes of a Florence-2 `<OPEN_VOCABULARY_DETECTION>` answer, in pixels of an image of `size`
+    (width, height). Florence-2 answers in 1000 bins per side; the kit's Florence-2 code keeps the
+    dequantised box as floats, (bin + 0.5) * side / 1000, which `supervision.crop_image` rounds,
+    whereas the native post-processor truncates them to integers; so the bins are read through the
+    native parser at a 1000 x 1000 size (where it returns the bins themselves) and dequantised here
+    as the kit does. An answer given as polygons has no box; the kit ignores it too."""
     task = Florence2Sam2Localiser.task
-    parsed = processor.post_process_generation(text, task=task, image_size=size)[task]
-    return [list(map(float, b)) for b in parsed["bboxes"]]
+    bins = processor.post_process_generation(text, task=task, image_size=(1000, 1000))[task]["bboxes"]
+    w, h = size
+    return [[(b[0] + 0.5) * w / 1000, (b[1] + 0.5) * h / 1000, (b[2] + 0.5) * w / 1000, (b[3] + 0.5) * h / 1000]
+            for b in bins]
 
 
 LOCALISERS = {c.name: c for c in (MaskLocaliser, BackgroundLocaliser, OwlSamLocaliser, Florence2Sam2Localiser)}

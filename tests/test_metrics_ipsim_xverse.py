@@ -196,8 +196,13 @@ def test_open_vocabulary_answer_parses_to_pixel_boxes(tmp_path):
 
     proc = Florence2Processor.from_pretrained(_tiny_florence_sam2(tmp_path)["detector"])
     text = "</s><s>dog<loc_100><loc_200><loc_500><loc_900>dog<loc_0><loc_0><loc_999><loc_999></s>"
-    # bins of 1000: (bin + 0.5) * size / 1000, truncated: x 7.035 -> 7, 35.035 -> 35; y 10.025 -> 10, 45.025 -> 45
-    assert parse_open_vocabulary(proc, text, (70, 50)) == [[7, 10, 35, 45], [0, 0, 69, 49]]
+    # 1000 bins per side, each read at its centre as floats (the kit's Florence-2 code): (bin + 0.5) * side / 1000
+    got = parse_open_vocabulary(proc, text, (70, 50))
+    assert np.allclose(got, [[7.035, 10.025, 35.035, 45.025], [0.035, 0.025, 69.965, 49.975]])
+    # at 1024 x 768 the kit crops from x = round(102.912) = 103; the native post-processor's int() would give 102
+    assert np.allclose(parse_open_vocabulary(proc, text, (1024, 768))[0], [102.912, 153.984, 512.512, 691.584])
+    native = proc.post_process_generation(text, task="<OPEN_VOCABULARY_DETECTION>", image_size=(1024, 768))
+    assert native["<OPEN_VOCABULARY_DETECTION>"]["bboxes"][0] == [102, 153, 512, 691]
     assert parse_open_vocabulary(proc, "</s><s>dog</s>", (70, 50)) == []
 
 
@@ -206,10 +211,11 @@ def test_florence2_sam2_localiser_runs_on_tiny_random_models(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     loc = Florence2Sam2Localiser("ip_sim", sec)
     found = loc.instances(img, RefInput("r.png", word="dog"))
-    assert [d.box for d in found] == [(7.0, 10.0, 35.0, 45.0), (49.0, 35.0, 51.0, 36.0)]
+    assert np.allclose([d.box for d in found], [(7.035, 10.025, 35.035, 45.025), (49.035, 35.025, 51.135, 36.525)])
     assert all(d.mask.shape == (50, 70) and d.mask.dtype == bool for d in found)
     crops, dropped = xverse_crops(img, found, 3)
-    assert dropped == 1 and [c.shape for c in crops] == [(35, 35, 3)]  # 28 wide x 35 high, padded
+    # rounded boxes (7, 10, 35, 45): 28 wide x 35 high, padded to 35 x 35; (49, 35, 51, 37): 2 x 2 < 3^2, dropped
+    assert dropped == 1 and [c.shape for c in crops] == [(35, 35, 3)]
     with pytest.raises(NotLocalisable, match="no subject word"):
         loc.instances(img, RefInput("r.png"))
     # an unsteered random model: whatever it generates parses to boxes inside the image (corners in any
@@ -238,9 +244,9 @@ def test_ip_sim_xverse_end_to_end_equals_the_kit_steps_by_hand(tmp_path):
     cfg = {"dino": {"model": f"local-dir:{tmp_path / 'dino'}"}, "ip_sim": sec}
     refs = [RefInput(tmp_path / "ref.png", word="dog"), RefInput(tmp_path / "ref.png", word="dog", category="human")]
     table = evaluate([Item("x", tmp_path / "gen.png", "p", refs)], cfg, ["IP-Sim"])[0]
-    # by hand: the one kept box (7, 10, 35, 45), SAM2's mask for it, on white, padded, DINO cosine x100
+    # by hand: the one kept box (7.035, 10.025, 35.035, 45.025) -> rows 10:45, cols 7:35, SAM2's mask for it, on white, padded, DINO cosine x100
     loc = Florence2Sam2Localiser("ip_sim", sec)
-    mask = loc.segment(img, [[7.0, 10.0, 35.0, 45.0], [49.0, 35.0, 51.0, 36.0]])[0]
+    mask = loc.segment(img, [[7.035, 10.025, 35.035, 45.025], [49.035, 35.025, 51.135, 36.525]])[0]
     crop = np.where(mask[..., None], img, 255).astype(np.uint8)[10:45, 7:35]
     square = np.full((35, 35, 3), 255, np.uint8)
     square[:, 3:31] = crop  # (35 - 28) // 2 = 3 white columns on the left
