@@ -9,8 +9,9 @@ Two named protocols (`ip_sim.protocol`):
   reason).
 - `owlv2_sam` (this project's earlier procedure): localiser `owlv2_sam`, each mask on white cut to
   its own bounding box, at most `max_instances`, no size filter, no padding; max DINO cosine x100.
-`ip_sim.localiser` may name another localiser (`masks`, `background`: the synthetic worlds); the
-protocol's crop steps still apply, and the procedure says which localiser ran.
+`ip_sim.localiser` may name a word-free localiser instead (`masks`, `background`: the synthetic
+worlds); the protocol's crop steps still apply, and the procedure says which localiser ran. A
+detector belongs to its protocol: `owlv2_sam` under `xverse` (or the reverse) is refused.
 Human references are ID-Sim's (NaN here). The DINO model is the `dino` config section, so
 IP-Sim and DINO share one model and one reference cache.
 """
@@ -31,7 +32,7 @@ class IpSim(Metric):
     name = "IP-Sim"
     inputs = ("image", "references", "masks")
     config_key = "ip_sim"
-    model_keys = ("protocol", "localiser", "detector", "segmenter")
+    model_keys = ("localiser", "detector", "segmenter")
     protocols = ("xverse", "owlv2_sam")
 
     def __init__(self, cfg, ctx, localiser=None):
@@ -45,6 +46,11 @@ class IpSim(Metric):
         if localiser is None:
             if kind not in LOCALISERS:
                 raise MetricUnavailable(f"{self.config_key}.localiser: {kind!r} is not one of {', '.join(LOCALISERS)}")
+            if kind in DEFAULT_LOCALISER.values() and kind != DEFAULT_LOCALISER[protocol]:
+                # a detector names its protocol: an OWLv2 value must never be recorded as XVerse's
+                raise MetricUnavailable(f"{self.config_key}.localiser: {kind!r} is not the {protocol!r} protocol's "
+                                        f"detector ({DEFAULT_LOCALISER[protocol]!r}); set {self.config_key}.protocol "
+                                        f"to the protocol of {kind!r} or drop the localiser key")
             localiser = ctx.model(("localiser", kind, str(sorted(sec.items()))),
                                   lambda: LOCALISERS[kind](self.config_key, sec))
         self.localiser = localiser

@@ -122,12 +122,21 @@ def test_ip_sim_xverse_protocol_scores_zero_with_its_reason_when_nothing_is_left
     assert set(old.protocol) == {"owlv2_sam"}
 
 
-def test_unknown_protocol_names_the_section(tmp_path):
+def test_unknown_protocol_or_another_protocols_detector_is_refused(tmp_path):
     from metrics.ipsim import IpSim
     from metrics.registry import Context
 
     with pytest.raises(MetricUnavailable, match=r"'ip_sim': protocol 'dreambench' is not one of xverse, owlv2_sam"):
         IpSim({"ip_sim": {"protocol": "dreambench"}, "dino": {}}, Context({}))
+    with pytest.raises(MetricUnavailable, match=r"ip_sim\.localiser: 'owlv2_sam' is not the 'xverse' protocol's detector"):
+        IpSim({"ip_sim": {"localiser": "owlv2_sam"}, "dino": {}}, Context({}))
+    with pytest.raises(MetricUnavailable, match=r"'florence2_sam2' is not the 'owlv2_sam' protocol's detector"):
+        IpSim({"ip_sim": {"protocol": "owlv2_sam", "localiser": "florence2_sam2"}, "dino": {}}, Context({}))
+    # the paper profile's default: the xverse protocol with Florence-2 + SAM2, whose missing weights name the key
+    from metrics.config import load_config
+
+    with pytest.raises(MetricUnavailable, match=r"ip_sim\.detector is not set: give a local folder with the Florence-2"):
+        IpSim(load_config(), Context({}))
 
 
 # --- the Florence-2 + SAM2 localiser on tiny random models -------------------------------------------------
