@@ -255,16 +255,15 @@ def pad_to_square(crop: np.ndarray) -> np.ndarray:
 
 def xverse_crops(image: np.ndarray, found: list, max_instances: int = 3) -> tuple[list[np.ndarray], int]:
     """XVerse's IP-Sim crops of one generated image: each instance's mask on white cut to its box
-    (a `Detection`'s detector box; a bare mask's bounding box, empty masks dropped), instances under the W/20 filter
+    (a `Detection`'s detector box; a bare mask's bounding box), instances under the W/20 filter
     dropped, the first `max_instances` of the rest kept (in the localiser's order), each padded to a
     white square. Returns the crops and how many instances the size filter dropped."""
     min_size = min_instance_size(image.shape[1])
     crops, dropped = [], 0
     for inst in found:
         mask, box = (inst.mask, inst.box) if isinstance(inst, Detection) else (inst, None)
-        if box is None and not mask.any():  # no box to cut to (a detector's box with an empty mask is
-            dropped += 1                     # kept: the kit scores that all-white crop)
-            continue
+        if box is None and not mask.any():  # an empty bare mask has no box; a detector's box with an
+            continue                         # empty mask is kept: the kit scores that all-white crop
         crop = crop_on_white(image, mask, box)
         if big_enough(crop, min_size):
             crops.append(crop)

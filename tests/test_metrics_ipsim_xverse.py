@@ -89,6 +89,10 @@ def test_xverse_crops_drop_small_instances_then_keep_the_first_three_in_detector
     # crop 0: 20 rows centred in 30 -> 5 white rows above
     assert (crops[0][:5] == 255).all() and (crops[0][5:25, :, 0] == 10).all()
     assert xverse_crops(img, [], 3) == ([], 0)
+    # the kit cuts the masked image to the box even when SAM's mask is empty: an all-white crop is scored
+    white, n = xverse_crops(img, [Detection((0, 0, 30, 20), np.zeros((100, 200), bool))], 3)
+    assert n == 0 and len(white) == 1 and white[0].shape == (30, 30, 3) and (white[0] == 255).all()
+    assert xverse_crops(img, [np.zeros((100, 200), bool)], 3) == ([], 0)  # a bare empty mask has no box
     assert xverse_crops(img, [Detection((0, 0, 5, 5), full)], 3) == ([], 1)  # 25 < 100: nothing left -> 0
 
 
