@@ -132,14 +132,14 @@ def test_unknown_protocol_or_another_protocols_detector_is_refused(tmp_path):
 
     with pytest.raises(MetricUnavailable, match=r"'ip_sim': protocol 'dreambench' is not one of xverse, owlv2_sam"):
         IpSim({"ip_sim": {"protocol": "dreambench"}, "dino": {}}, Context({}))
-    with pytest.raises(MetricUnavailable, match=r"ip_sim\.localiser: 'owlv2_sam' is not the 'xverse' protocol's detector"):
+    with pytest.raises(MetricUnavailable, match=r"localiser: 'owlv2_sam' is not the 'xverse' protocol's detector"):
         IpSim({"ip_sim": {"localiser": "owlv2_sam"}, "dino": {}}, Context({}))
     with pytest.raises(MetricUnavailable, match=r"'florence2_sam2' is not the 'owlv2_sam' protocol's detector"):
         IpSim({"ip_sim": {"protocol": "owlv2_sam", "localiser": "florence2_sam2"}, "dino": {}}, Context({}))
     # the paper profile's default: the xverse protocol with Florence-2 + SAM2, whose missing weights name the key
     from metrics.config import load_config
 
-    with pytest.raises(MetricUnavailable, match=r"ip_sim\.detector is not set: give a local folder with the Florence-2"):
+    with pytest.raises(MetricUnavailable, match=r"ip_sim\.detector is not set: give a local folder with the Flor"):
         IpSim(load_config(), Context({}))
 
 
@@ -185,7 +185,8 @@ def _tiny_florence_sam2(folder, answer=None):
     sam = Sam2Model(Sam2Config(
         vision_config=dict(
             backbone_config=dict(model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1,
-                                 image_size=[64, 64], blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+                                 image_size=[64, 64], blocks_per_stage=[1, 1, 2, 1],
+                                 embed_dim_per_stage=[8, 16, 32, 64],
                                  num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 4],
                                  global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2]),
             backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
@@ -194,8 +195,8 @@ def _tiny_florence_sam2(folder, answer=None):
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32,
                                  num_hidden_layers=1)))
     sam.save_pretrained(folder / "sam2")
-    Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": 64, "width": 64},
-                                                     mask_size={"height": 16, "width": 16})).save_pretrained(folder / "sam2")
+    sam_ip = Sam2ImageProcessor(size={"height": 64, "width": 64}, mask_size={"height": 16, "width": 16})
+    Sam2Processor(image_processor=sam_ip).save_pretrained(folder / "sam2")
     return {"protocol": "xverse", "detector": str(folder / "florence2"), "segmenter": str(folder / "sam2")}
 
 
@@ -257,7 +258,8 @@ def test_ip_sim_xverse_end_to_end_equals_the_kit_steps_by_hand(tmp_path):
     cfg = {"dino": {"model": f"local-dir:{tmp_path / 'dino'}"}, "ip_sim": sec}
     refs = [RefInput(tmp_path / "ref.png", word="dog"), RefInput(tmp_path / "ref.png", word="dog", category="human")]
     table = evaluate([Item("x", tmp_path / "gen.png", "p", refs)], cfg, ["IP-Sim"])[0]
-    # by hand: the one kept box (7.035, 10.025, 35.035, 45.025) -> rows 10:45, cols 7:35, SAM2's mask for it, on white, padded, DINO cosine x100
+    # by hand: the one kept box (7.035, 10.025, 35.035, 45.025) -> rows 10:45, cols 7:35; SAM2's mask for it,
+    # on white, padded, DINO cosine x100
     loc = Florence2Sam2Localiser("ip_sim", sec)
     mask = loc.segment(img, [[7.035, 10.025, 35.035, 45.025], [49.035, 35.025, 51.135, 36.525]])[0]
     crop = np.where(mask[..., None], img, 255).astype(np.uint8)[10:45, 7:35]
