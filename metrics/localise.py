@@ -161,11 +161,14 @@ class Florence2Sam2Localiser:
 
     @staticmethod
     def _load(key: str, sec: dict[str, Any]) -> dict[str, Any]:
-        from transformers import Florence2ForConditionalGeneration, Florence2Processor, Sam2Model, Sam2Processor
-
         det = _weights_folder(key, sec, "detector", "Florence-2 (transformers-native, e.g. florence-community/"
                                                     "Florence-2-large)")
         seg = _weights_folder(key, sec, "segmenter", "SAM2 (e.g. facebook/sam2.1-hiera-large)")
+        try:  # native classes: no trust_remote_code, no code from the weights folder runs
+            from transformers import Florence2ForConditionalGeneration, Florence2Processor, Sam2Model, Sam2Processor
+        except ImportError as e:
+            raise MetricUnavailable(f"{key}: the installed transformers has no native Florence-2 / SAM2 classes "
+                                    f"({e}); install transformers >= 5") from None
         return {"detector": Florence2ForConditionalGeneration.from_pretrained(det).eval(),
                 "detector_processor": Florence2Processor.from_pretrained(det),
                 "segmenter": Sam2Model.from_pretrained(seg).eval(),
