@@ -33,6 +33,7 @@ from mosaic.data.sample import load_image
 from mosaic.runfolder import MANIFEST_FILE, atomic_dir
 
 from . import clip, dino, faces, hps, ipsim, mechanism  # noqa: F401  (register the metrics)
+from . import aes, dpg, unified_reward  # noqa: F401  (XVerseBench DPG and AES; UnifiedReward)
 from .manifest import Item, read_items
 from .registry import METRICS, Context, MetricUnavailable, Row
 

@@ -1,5 +1,6 @@
 """workflow.lib.tables (tables from MLflow runs) and mosaic.tracking.store (idempotent relogging into one store)."""
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -103,7 +104,7 @@ def test_benchmark_table_counts_skipped_entries_and_keeps_reasons():
     x = tables.benchmark_table(runs, "xversebench", METHODS, None, "xverse")
     assert x.loc[0, "skipped"] == 70 and x.loc[0, "total"] == 90 and x.loc[0, "runnable"] == 20
     assert "IP-Sim: no detector: 4" in x.loc[0, "notes"]
-    assert "IP-Sim mean" not in x  # an all-NaN metric is reported by its reason, not as a column of NaNs
+    assert math.isnan(x.loc[0, "IP-Sim mean"]) and x.loc[0, "IP-Sim"] == "n/a"  # the paper's column stays, NaN
     assert tables.benchmark_table(runs, "dreambench", METHODS, None, "main").empty
 
 
@@ -172,3 +173,79 @@ def test_copy_run_keeps_history_params_and_artifacts(store, tmp_path):
     assert run.info.status == "FINISHED"
     again = ms.copy_run(src_uri, rid, uri, "training", "train:x")  # the same key: replaces the first copy
     assert again != new and [r.info.run_id for r in dst.search_runs([run.info.experiment_id])] == [again]
+
+
+PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "mosaic_reported.csv"
+XV = {"DPG": (90.0, 80.0), "ID-Sim": (60.0, 50.0), "IP-Sim": (70.0, 60.0), "AES": (55.0, 50.0)}  # single, multi
+
+
+def test_benchmark_tables_from_a_store_show_every_paper_column_with_avg_and_overall(tmp_path):
+    """A synthetic MLflow store (the logging code path) -> main and XVerseBench tables: every metric of the paper's
+    Tables 1 and 2 is a column (NaN with its reason where not measured), AVG and Overall as the kit aggregates."""
+    paper = tables.read_paper(PAPER_CSV) if PAPER_CSV.is_file() else None
+    uri = ms.ensure_store(tmp_path / "store", ["benchmark"])
+    methods = {"mosaic": {"paper": {"main": "MOSAIC", "xverse": "MOSAIC"}},
+               "dreamo-official": {"paper": {"main": "DreamO", "xverse": "DreamO"}}}
+    for m in methods:
+        for seed in (0, 1):
+            for scen in ("single", "multi"):
+                db = {"img/CLIP-I": 80.0 + seed, "img/CLIP-T": 30.0, "img/DINO": 70.0, "img/UnifiedReward": 4.0}
+                ms.log_record(uri, "benchmark", f"db:{m}:{seed}:{scen}", "db", {"metrics": db}, tmp_path,
+                              {"kind": "eval", "method": m, "seed": str(seed), "benchmark": "dreambench",
+                               "scenario": scen, "reasons/HPSv3": "HPSv3 needs its own environment: 4"})
+                i = 0 if scen == "single" else 1
+                xv = {f"img/{k}": v[i] + seed for k, v in XV.items() if not (m == "dreamo-official" and k == "AES")}
+                ms.log_record(uri, "benchmark", f"xv:{m}:{seed}:{scen}", "xv", {"metrics": xv}, tmp_path,
+                              {"kind": "eval", "method": m, "seed": str(seed), "benchmark": "xversebench",
+                               "scenario": scen})
+    runs = tables.load_runs(uri, "benchmark")
+    main = tables.benchmark_table(runs, "dreambench", methods, paper, "main")
+    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse")
+    want_main, want_x = ["CLIP-I", "CLIP-T", "DINO", "UnifiedReward", "HPSv3"], ["DPG", "ID-Sim", "IP-Sim", "AES", "AVG"]
+    if paper is not None:  # the paper file's own columns, too
+        assert set(paper.loc[paper["table"] == "main", "metric"]) <= set(want_main)
+        assert set(paper.loc[paper["table"] == "xverse", "metric"]) <= set(want_x)
+    assert all(c in tables.display_metrics(main) for c in want_main)
+    assert all(c in tables.display_metrics(x) for c in want_x)
+    m = main.set_index(["method", "scenario"])
+    assert math.isnan(m.loc[("mosaic", "single"), "HPSv3 mean"]) and "HPSv3" in m.loc[("mosaic", "single"), "notes"]
+    assert m.loc[("mosaic", "single"), "UnifiedReward mean"] == 4.0
+    t = x.set_index(["method", "scenario"])
+    avg_single = [sum(v[0] + s for v in XV.values()) / 4 for s in (0, 1)]  # per seed: (90+60+70+55)/4 + seed
+    assert t.loc[("mosaic", "single"), "AVG mean"] == pytest.approx(sum(avg_single) / 2)  # 69.25
+    assert t.loc[("mosaic", "single"), "AVG std"] == pytest.approx(pd.Series(avg_single).std())
+    assert t.loc[("mosaic", "multi"), "AVG mean"] == pytest.approx(60.5)
+    assert t.loc[("mosaic", "all"), "AVG mean"] == pytest.approx((69.25 + 60.5) / 2)
+    assert t.loc[("mosaic", "all"), "Overall"] == f"{(69.25 + 60.5) / 2:.2f}"
+    # no AES for the official DreamO: AVG and Overall NaN, each with the reason
+    assert math.isnan(t.loc[("dreamo-official", "single"), "AVG mean"])
+    assert "AVG: needs DPG, ID-Sim, IP-Sim, AES; not available: AES" in t.loc[("dreamo-official", "single"), "notes"]
+    assert math.isnan(t.loc[("dreamo-official", "all"), "AVG mean"])
+    assert "needs the AVG of both scenarios" in t.loc[("dreamo-official", "all"), "notes"]
+    if paper is not None:  # the Overall row meets the paper's Overall cell (scenario "all", metric AVG)
+        assert t.loc[("mosaic", "all"), "AVG paper"] == 76.04
+
+
+def test_avg_reproduces_the_papers_table_2():
+    """The kit's AVG = mean of DPG, ID-Sim, IP-Sim, AES, and Overall = mean of the two AVGs, on the paper's numbers."""
+    from workflow.lib import paper_columns
+
+    if not PAPER_CSV.is_file():
+        pytest.skip("the paper's reported values are not here")
+    p = tables.read_paper(PAPER_CSV)
+    p = p[p["table"] == "xverse"]
+    checked = 0
+    for method, g in p.groupby("method"):
+        v = {(r.scenario, r.metric): r.value for r in g.itertuples()}
+        rows = pd.DataFrame([{"tags.method": method, "tags.scenario": s,
+                              **{f"metrics.img/{k}": v.get((s, k), math.nan) for k in paper_columns.AVG_PARTS}}
+                             for s in ("single", "multi")])
+        avg = paper_columns.with_avg(rows)["metrics.img/AVG"].tolist()
+        for s, a in zip(("single", "multi"), avg):
+            if (s, "AVG") in v and not math.isnan(a):
+                assert a == pytest.approx(v[(s, "AVG")], abs=0.006)  # the paper rounds to 2 decimals
+                checked += 1
+        if ("all", "AVG") in v and not any(map(math.isnan, avg)):
+            assert sum(avg) / 2 == pytest.approx(v[("all", "AVG")], abs=0.011)
+            checked += 1
+    assert checked >= 12

@@ -25,13 +25,16 @@ import pandas as pd
 
 from mosaic.runfolder import atomic_file
 
+from . import paper_columns
+
 CHANCE = "leakage at chance (%)"  # the leakage of a uniform attention: the share of other subjects' tokens
 SUBJECT_CHANCE = "subject leakage at chance (%)"  # the same for subject leakage: about (n-1)/n
 CHANCES = {"leakage (%)": CHANCE, "subject leakage (%)": SUBJECT_CHANCE}  # metric -> its chance column
 MECHANISM = {"metrics.mech/alignment_acc": "alignment acc (%)", "metrics.mech/leakage": "leakage (%)",
              "metrics.mech/leakage_chance": CHANCE, "metrics.mech/subject_leakage": "subject leakage (%)",
              "metrics.mech/subject_leakage_chance": SUBJECT_CHANCE}
-ORDER = ["CLIP-I", "CLIP-T", "DINO", "HPSv2.1", "HPSv3", "ID-Sim", "IP-Sim"]  # the papers' column order
+ORDER = ["CLIP-I", "CLIP-T", "DINO", "UnifiedReward", "HPSv2.1", "HPSv3", "DPG", "ID-Sim", "IP-Sim", "AES",
+         "AVG"]  # the papers' column order
 PAPER_BENCHMARKS = {"dreambench": "DreamBench", "xversebench": "XVerseBench"}
 
 
@@ -193,12 +196,17 @@ def benchmark_table(runs: pd.DataFrame, benchmark: str, methods: dict[str, dict]
     runs = runs[runs["tags.benchmark"] == benchmark]
     if runs.empty:
         return pd.DataFrame(columns=["benchmark", "scenario", "method"])
+    if paper_table == "xverse":
+        runs = paper_columns.with_avg(runs)  # the kit's AVG per run (workflow.lib.paper_columns)
     metrics = metric_columns(runs, mechanism=False)
     t = summarise(runs, ["benchmark", "scenario", "method"], metrics)
     for col in ("prompts", "images", "entries/total", "entries/runnable", "entries/skipped"):
         if f"metrics.{col}" in runs:
             per = runs.groupby(["tags.scenario", "tags.method"], sort=False)[f"metrics.{col}"].max()
             t[col.replace("entries/", "")] = [per.get((s, m)) for s, m in zip(t["scenario"], t["method"])]
+    t, metrics = paper_columns.complete(t, metrics, paper_columns.paper_metrics(paper, paper_table))
+    if paper_table == "xverse":
+        t = paper_columns.overall(t)
     t = add_paper(t, paper, paper_table, metrics, paper_names(methods, paper_table))
     t = _order(t, list(methods)).sort_values("scenario", kind="stable")
     return _front(t, ["benchmark", "scenario", "method"], metrics)
