@@ -24,8 +24,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "dino": {"protocol": "xverse", "model": "vit_small_patch16_224.dino", "weights": None, **DINO_PROTOCOL},
     "id_sim": {"protocol": "xverse", "detector": None, "weights": None, "threshold": 0.8,
                "model_root": None, "model_name": "antelopev2", "det_size": 640},
-    "ip_sim": {"localiser": "owlv2_sam", "detector": None, "segmenter": None, "max_instances": 3,
-               "box_threshold": 0.1},
+    "ip_sim": {"protocol": "xverse", "detector": None, "segmenter": None, "max_instances": 3},
     "hpsv21": {"protocol": "hpsv2", "model": "ViT-H-14", "checkpoint": None},
     "hpsv3": {"checkpoint": None},  # scored in workflow/envs/hpsv3.yaml (metrics.hps)
     "dpg": {"protocol": "xverse", "vqa": None, "questions": []},  # questions: XVerseBench_*_DSG.json
