@@ -67,7 +67,7 @@ class IpSim(Metric):
                 "weights": "; ".join(w for w in (loc.weights, self.dino.weights) if w),
                 "protocol": self.protocol,
                 "procedure": f"localiser {loc.name}: {steps}; max DINO cosine x100, 0 if none; "
-                             f"DINO {self.dino.protocol}",
+                             f"DINO {self.dino.procedure}",
                 "world": self.dino.world}
 
     def crops(self, image: np.ndarray, found: list) -> tuple[list[np.ndarray], str]:

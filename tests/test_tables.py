@@ -45,22 +45,84 @@ def test_ablation_mean_std_over_seeds_and_n_with_run_ids():
     assert "CLIP-I (tiny-world) paper" not in t  # no paper values given
 
 
+def _paper(tmp_path, rows):
+    path = tmp_path / "reported.csv"
+    pd.DataFrame(rows, columns=["table", "benchmark", "scenario", "method", "metric", "value"]).to_csv(path, index=False)
+    return tables.read_paper(path)
+
+
+# a paper-profile DreamBench evaluation: real CLIP-I label, the paper's protocol, every prompt of the protocol run
+PAPER_CELL = {"tags.label/CLIP-I": "CLIP-I", "tags.protocol/CLIP-I": "dreambench++", "metrics.prompts": 750.0,
+              "metrics.entries/total": 750.0}
+
+
 def test_paper_values_and_gaps_only_where_reported(tmp_path):
-    paper_csv = tmp_path / "reported.csv"
-    pd.DataFrame([["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3],
-                  ["ablation", "DreamBench", "multi", "MOSAIC(-SCAL -MDL)", "CLIP-I", 73.45]],
-                 columns=["table", "benchmark", "scenario", "method", "metric", "value"]).to_csv(paper_csv, index=False)
-    paper = tables.read_paper(paper_csv)
-    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench"},
-                      {"method": "mosaic", "seed": 0, "n": 2, "clip": 50.0},
-                      {"method": "none", "seed": 0, "clip": 60.0, "benchmark": "dreambench", "scenario": "single"}])
+    paper = _paper(tmp_path, [["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3],
+                              ["ablation", "DreamBench", "multi", "MOSAIC(-SCAL -MDL)", "CLIP-I", 73.45]])
+    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench", "extra": PAPER_CELL},
+                      {"method": "mosaic", "seed": 0, "n": 2, "clip": 50.0, "extra": PAPER_CELL},
+                      {"method": "none", "seed": 0, "clip": 60.0, "benchmark": "dreambench", "scenario": "single",
+                       "extra": PAPER_CELL}])
     t = tables.ablation_table(runs, METHODS, paper).set_index(["method", "benchmark", "scenario"])
-    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I (tiny-world) paper"] == 76.3
-    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I (tiny-world) gap"] == pytest.approx(70.0 - 76.3)
-    assert math.isnan(t.loc[("mosaic", "heldout", "multi"), "CLIP-I (tiny-world) paper"])  # not a paper cell
-    assert math.isnan(t.loc[("none", "dreambench", "single"), "CLIP-I (tiny-world) gap"])  # paper: multi only
+    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I paper"] == 76.3
+    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I gap"] == pytest.approx(70.0 - 76.3)
+    assert t.loc[("mosaic", "dreambench", "multi"), tables.COVERAGE] == "750 / 750"
+    assert math.isnan(t.loc[("mosaic", "heldout", "multi"), "CLIP-I paper"])  # not a paper cell
+    assert math.isnan(t.loc[("none", "dreambench", "single"), "CLIP-I gap"])  # paper: multi only
     with pytest.raises(FileNotFoundError, match="paper_values"):
         tables.read_paper(tmp_path / "missing.csv")
+
+
+def test_no_gap_in_another_world_protocol_or_subset(tmp_path):
+    """The paper's value stays beside the measured one; the gap is NaN, and the notes say why."""
+    paper = _paper(tmp_path, [["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3]])
+    cases = {"tiny-world": {"tags.label/CLIP-I": "CLIP-I (tiny-world)"},
+             "protocol": {"tags.protocol/CLIP-I": "laion"},
+             "unrecorded": {"tags.protocol/CLIP-I": None},
+             "subset": {"metrics.prompts": 100.0}}
+    for case, extra in cases.items():
+        runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench",
+                           "extra": {**PAPER_CELL, **extra}}])
+        row = tables.ablation_table(runs, METHODS, paper).iloc[0]
+        name = row.filter(like=" paper").index[0][: -len(" paper")]
+        assert row[f"{name} paper"] == 76.3 and math.isnan(row[f"{name} gap"]), case
+        assert "CLIP-I: no paper gap: " in row["notes"], case
+        expected = {"tiny-world": "another world (tiny-world)", "protocol": "protocol 'laion', the paper's is 'dreambench++'",
+                    "unrecorded": "'(not recorded)'", "subset": "100 of the protocol's 750 prompts run"}[case]
+        assert expected in row["notes"], (case, row["notes"])
+    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench", "extra": PAPER_CELL}])
+    row = tables.ablation_table(runs, METHODS, paper, profile="tiny").iloc[0]  # the tiny profile: never a gap
+    assert math.isnan(row["CLIP-I gap"]) and "tiny profile" in row["notes"]
+
+
+def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_prompts(tmp_path):
+    paper = _paper(tmp_path, [["xverse", "XVerseBench", "single", "MOSAIC", m, v]
+                              for m, v in (("DPG", 90.1), ("ID-Sim", 60.2), ("IP-Sim", 70.3), ("AES", 61.4),
+                                           ("AVG", 70.5))])
+    methods = {"mosaic": {"paper": {"xverse": "MOSAIC"}}}
+    base = {"metrics.entries/total": 90.0, "metrics.entries/runnable": 20.0, "metrics.entries/skipped": 70.0,
+            "metrics.prompts": 20.0, "metrics.img/ID-Sim": 55.0, "tags.label/ID-Sim": "ID-Sim",
+            "tags.protocol/ID-Sim": "xverse", "metrics.img/IP-Sim": math.nan, "tags.protocol/IP-Sim": "xverse",
+            "tags.reasons/IP-Sim": "no animal or object reference: 20"}
+    runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
+                       "extra": base} for s in (0, 1)])
+    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    assert x[tables.COVERAGE] == "20 / 90"
+    for m in ("DPG", "ID-Sim", "IP-Sim", "AES", "AVG"):  # every paper column, measured or not
+        assert f"{m} paper" in x and math.isnan(x[f"{m} gap"]), m
+    assert math.isnan(x["IP-Sim mean"]) and x["IP-Sim"] == "n/a"
+    assert x["ID-Sim mean"] == 55.0 and x["ID-Sim paper"] == 60.2
+    assert "ID-Sim: no paper gap: 20 of the protocol's 90 prompts run" in x["notes"]
+    assert "IP-Sim: no animal or object reference: 20" in x["notes"] and "DPG: not measured" in x["notes"]
+    # the whole protocol run under the paper's protocol: the gap is printed; another protocol: not
+    full = {**base, "metrics.prompts": 90.0}
+    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
+                       "extra": full}])
+    single = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    assert single["ID-Sim gap"] == pytest.approx(55.0 - 60.2)
+    runs["tags.protocol/ID-Sim"] = "insightface"
+    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    assert math.isnan(x["ID-Sim gap"]) and "protocol 'insightface', the paper's is 'xverse'" in x["notes"]
 
 
 def test_scaling_and_sweep_group_keys():
@@ -249,3 +311,29 @@ def test_avg_reproduces_the_papers_table_2():
             assert sum(avg) / 2 == pytest.approx(v[("all", "AVG")], abs=0.011)
             checked += 1
     assert checked >= 12
+
+
+def test_avg_and_overall_gaps_follow_their_parts_protocols_and_prompts(tmp_path):
+    parts = ("DPG", "ID-Sim", "IP-Sim", "AES")
+    paper = _paper(tmp_path, [["xverse", "XVerseBench", s, "MOSAIC", "AVG", v] for s, v in
+                              (("single", 80.0), ("multi", 70.0), ("all", 75.0))])
+    methods = {"mosaic": {"paper": {"xverse": "MOSAIC"}}}
+
+    def table(id_protocol="xverse", prompts=None):
+        rows = []
+        for scenario, total in (("single", 90.0), ("multi", 210.0)):
+            extra = {"metrics.entries/total": total, "metrics.prompts": prompts or total}
+            for m in parts:
+                extra.update({f"metrics.img/{m}": 80.0, f"tags.label/{m}": m,
+                              f"tags.protocol/{m}": id_protocol if m == "ID-Sim" else "xverse"})
+            rows.append({"method": "mosaic", "seed": 0, "clip": 1.0, "benchmark": "xversebench", "scenario": scenario,
+                         "extra": extra})
+        return tables.benchmark_table(eval_runs(rows), "xversebench", methods, paper, "xverse").set_index("scenario")
+
+    t = table()
+    assert t.loc["single", "AVG gap"] == pytest.approx(0.0) and t.loc["multi", "AVG gap"] == pytest.approx(10.0)
+    assert t.loc["all", "AVG gap"] == pytest.approx(80.0 - 75.0) and t.loc["all", tables.COVERAGE] == "300 / 300"
+    t = table(id_protocol="insightface")  # one part under another protocol: no AVG or Overall gap
+    assert t["AVG gap"].isna().all()
+    assert "AVG: no paper gap: measured under protocol 'mixed: DPG xverse, ID-Sim insightface" in t.loc["single", "notes"]
+    assert table(prompts=20.0)["AVG gap"].isna().all()  # a subset of the prompts: none either

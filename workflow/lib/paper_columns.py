@@ -45,6 +45,11 @@ def with_avg(runs: pd.DataFrame) -> pd.DataFrame:
     missing = parts.isna().apply(lambda r: [p for p in AVG_PARTS if r[p]], axis=1)
     runs[f"tags.reasons/{AVG}"] = [f"needs {', '.join(AVG_PARTS)}; not available: {', '.join(m)}" if m else None
                                    for m in missing]
+    # its protocol: the one its four parts share (tables.py compares it with the paper's only then)
+    protos = pd.DataFrame({p: runs.get(f"tags.protocol/{p}", pd.Series("", index=runs.index)).fillna("")
+                           for p in AVG_PARTS}, index=runs.index)
+    runs[f"tags.protocol/{AVG}"] = [r.iloc[0] if r.nunique() == 1 else "mixed: " + ", ".join(f"{p} {v or '?'}"
+                                    for p, v in r.items()) for _, r in protos.iterrows()]
     return runs
 
 

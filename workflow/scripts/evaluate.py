@@ -8,7 +8,8 @@ Writes into DIR (renamed into place when complete): eval/ (metrics.evaluate tabl
 the held-out alignment accuracy and leakage (workflow/scripts/sample.py), and record.json:
 {"metrics", "params", "tags", "artifacts"}. Image metrics are the means over (image, reference)
 pairs ("img/<metric>") and over images of the minimum over references ("img/<metric>.min");
-mechanism shares are in % ("mech/..."); the reasons of NaN values and protocol zeros are tags.
+mechanism shares are in % ("mech/..."); the reasons of NaN values and protocol zeros are tags, and so
+are each metric's protocol name (`protocol/<metric>`, e.g. "dreambench++") and procedure in words.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path,
             metrics[f"nan/{r.metric}"] = float(r.n_nan)
             tags[f"label/{r.metric}"] = r.label
             tags[f"model/{r.metric}"] = " ".join(str(x) for x in (r.model, r.weights) if isinstance(x, str))
+            # the published protocol's name: a table compares with the paper only under the paper's protocol
+            tags[f"protocol/{r.metric}"] = r.protocol if isinstance(r.protocol, str) else ""
+            tags[f"procedure/{r.metric}"] = (r.procedure if isinstance(r.procedure, str) else "")[:4000]
     return metrics, tags
 
 
