@@ -12,7 +12,7 @@ Profiles:
   cpu (default)  tiny flavour at tiny-profile sizes (12x12 target, 6x6 references), fp32;
   --device cuda  FLUX.1-dev config, random weights, bf16, gradient checkpointing, 512 text tokens,
                  32x32 target, K = 2/4/6 references of 32x32, 256 points per reference;
-  --dry          the cuda profile's code path (bf16, checkpointing) on CPU at debug size, one step.
+  --dry/--smoke  the cuda profile's code path (bf16, checkpointing) on CPU at debug size, one step.
 Steps interleave the arms so drift hits them equally; medians and ratios to `plain` are printed,
 and peak memory (torch.cuda.max_memory_allocated) on GPU. Before timing, one no-grad forward
 computes the losses of `mosaic-upstream` and `upstream-style` on the same attention: they must
@@ -24,8 +24,10 @@ agree (the points are distinct per reference, so per-reference and per-pair aver
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mosaic.losses import AttentionProbe, LossConfig, correspondence_losses
 from mosaic.model import LoraSpec, build_model
+from mosaic.runfolder import atomic_write
 
 PROFILES = {
     "cpu": dict(flavour="tiny", device="cpu", dtype=torch.float32, checkpointing=False, text=24, grid=(12, 12),
@@ -147,7 +150,9 @@ def sync(device):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--dry", action="store_true", help="the cuda profile's code path on CPU, debug size, one step")
+    ap.add_argument("--dry", "--smoke", action="store_true",
+                    help="the cuda profile's code path on CPU, debug size, one step")
+    ap.add_argument("--json", type=Path, help="also write the figures (one row per K and arm) here")
     ap.add_argument("--ks", type=int, nargs="+", help="numbers of references (default: per profile)")
     ap.add_argument("--points", type=int, help="annotated points per reference")
     ap.add_argument("--steps", type=int, help="timed steps per arm")
@@ -183,6 +188,7 @@ def main(argv=None) -> int:
           f"lora rank {args.lora_rank}, {p['steps']} timed + {p['warmup']} warm-up steps per arm (medians)")
     print(f"{'K':>2} {'arm':<16} {'median s':>9} {'x plain':>8} {'peak GiB':>9}")
     gen = torch.Generator().manual_seed(0)
+    rows = []
     for k in p["ks"]:
         inputs, velocity, batch, coords, nr = make_inputs(model, p, k, gen)
         (s_ours, s_up), (m_ours, m_up) = cross_check(model, inputs, batch, coords, nr)
@@ -205,8 +211,15 @@ def main(argv=None) -> int:
             med = statistics.median(times[arm])
             mem = f"{peak[arm]:9.2f}" if dev == "cuda" else f"{'-':>9}"
             print(f"{k:>2} {arm:<16} {med:9.4f} {med / base:8.3f} {mem}")
+            rows.append({"k": k, "arm": arm, "median_s": med, "x_plain": med / base,
+                         "peak_gib": peak[arm] if dev == "cuda" else None})
         print(f"   check (no grad): SCAL upstream-code preset {s_ours:.6f} vs upstream loop {s_up:.6f}; "
               f"MDL {m_ours:.6f} vs {m_up:.6f}")
+    if args.json:
+        info = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+                "flavour": p["flavour"], "dtype": str(p["dtype"]).removeprefix("torch."), "lora_rank": args.lora_rank,
+                "steps": p["steps"], "warmup": p["warmup"], "points": p["points"]}
+        atomic_write(args.json, json.dumps({**info, "rows": rows}, indent=2))
     return 0
 
 

@@ -80,7 +80,7 @@ def main() -> int:
         torch.save({"state_dict": new_clip(1).state_dict()}, tmp / "hps.pt")
         clip = {"model": f"local-dir:{tmp / 'clip'}"}
         cfg = {"clip_i": clip, "clip_t": clip, "dino": {"model": f"local-dir:{tmp / 'dino'}"},
-               "ip_sim": {"localiser": "masks"}, "id_sim": {"backend": "dlib"}, "mechanism": {},
+               "ip_sim": {"localiser": "masks"}, "id_sim": {"protocol": "dlib"}, "mechanism": {},
                "hpsv21": {"model": f"local-dir:{tmp / 'hps'}", "checkpoint": str(tmp / "hps.pt")}}
         items = synthetic_items(tmp, a.n)
         print(f"CPU threads {a.threads}, batch 16, tiny random models; {a.n} synthetic 96 px images, 2 references each")

@@ -18,13 +18,18 @@ import yaml
 from .dino import PROTOCOL as DINO_PROTOCOL
 
 PAPER: dict[str, dict[str, Any]] = {
-    "clip_i": {"model": "ViT-B-32", "pretrained": "openai"},
-    "clip_t": {"model": "ViT-L-14", "pretrained": "openai"},
-    "dino": {"model": "vit_small_patch16_224.dino", "weights": None, **DINO_PROTOCOL},
-    "id_sim": {"backend": "insightface", "model_root": None, "model_name": "antelopev2", "det_size": 640},
-    "ip_sim": {"localiser": "owlv2_sam", "detector": None, "segmenter": None, "max_instances": 3,
-               "box_threshold": 0.1},
-    "hpsv21": {"model": "ViT-H-14", "checkpoint": None},
+    # one CLIP for both, as DreamBench++ does (ViT-L-14 stays a choice); openai tags load with QuickGELU
+    "clip_i": {"protocol": "dreambench++", "model": "ViT-B-32", "pretrained": "openai"},
+    "clip_t": {"protocol": "dreambench++", "model": "ViT-B-32", "pretrained": "openai"},
+    "dino": {"protocol": "xverse", "model": "vit_small_patch16_224.dino", "weights": None, **DINO_PROTOCOL},
+    "id_sim": {"protocol": "xverse", "detector": None, "weights": None, "threshold": 0.8,
+               "model_root": None, "model_name": "antelopev2", "det_size": 640},
+    "ip_sim": {"protocol": "xverse", "detector": None, "segmenter": None, "max_instances": 3},
+    "hpsv21": {"protocol": "hpsv2", "model": "ViT-H-14", "checkpoint": None},
+    "hpsv3": {"checkpoint": None},  # scored in workflow/envs/hpsv3.yaml (metrics.hps)
+    "dpg": {"protocol": "xverse", "vqa": None, "questions": []},  # questions: XVerseBench_*_DSG.json
+    "aes": {"protocol": "xverse", "encoder": None, "head": None},
+    "unified_reward": {"model": None},
     "mechanism": {},
 }
 PROFILES = {"paper": PAPER}

@@ -1,8 +1,10 @@
 """DINO: the CLS-token cosine x100 of a timm ViT, with the preprocessing coded in XVerse.
 
-Protocol (DreamBench DINO as commonly coded, and XVerse's IP-Sim): timm
-`vit_small_patch16_224.dino` (DINO v1 ViT-S/16), resize the short side to 256 (bicubic),
-center crop 224, ImageNet mean and std, cosine of the CLS tokens x100. timm's own default
+Protocol `xverse` (XVerse eval/tools' DINO step, and DreamBench's DINO as the DreamBooth paper
+defines it): timm `vit_small_patch16_224.dino` (DINO v1 ViT-S/16), resize the short side to 256
+(bicubic), center crop 224, ImageNet mean and std, cosine of the CLS tokens x100. Protocol
+`dreambench++` (dreambench_plus/metrics/dino_score.py) is the same transform on DINO v1 ViT-S/8
+(`vit_small_patch8_224.dino`); a section naming a protocol and another model fails. timm's own default
 for this tag is crop_pct 0.9 (resize 248), so the transform is built here, not taken from
 timm. `model` may be `local-dir:<folder>` (the tiny-world evaluator: `dino_config.json` with
 `model`, `model_kwargs`, `preprocess`, plus `model.safetensors`); otherwise `weights` is a
@@ -26,6 +28,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PROTOCOL = {"resize": 256, "crop": 224, "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 CONFIG_FILE, WEIGHTS_FILE = "dino_config.json", "model.safetensors"
+PROTOCOL_MODELS = {"xverse": "vit_small_patch16_224.dino", "dreambench++": "vit_small_patch8_224.dino"}
 
 
 def dino_transform(resize: int, crop: int, interpolation: str, mean, std):
@@ -45,13 +48,16 @@ def build_vit(model: str, model_kwargs: dict[str, Any] | None = None, pretrained
 
 
 class DinoModel:
-    def __init__(self, key: str, sec: dict[str, Any]):
+    def __init__(self, key: str, sec: dict[str, Any], protocol: str = "xverse"):
         # torch here, not at the top: metrics.config imports this module (PROTOCOL) and stays light
         import torch
         from safetensors.torch import load_file
 
         self.torch = torch
-        name, prep, kwargs = sec.get("model", "vit_small_patch16_224.dino"), dict(PROTOCOL), {}
+        name, prep, kwargs = sec.get("model") or PROTOCOL_MODELS[protocol], dict(PROTOCOL), {}
+        if not name.startswith("local-dir:") and name != PROTOCOL_MODELS[protocol]:
+            raise ValueError(f"metrics config section {key!r}: model {name!r} is not the model of protocol "
+                             f"{protocol!r} ({PROTOCOL_MODELS[protocol]})")
         weights, local = sec.get("weights"), name.startswith("local-dir:")
         if local:
             folder = Path(name[len("local-dir:"):])
@@ -93,7 +99,7 @@ class DinoModel:
         self.model_name, self.weights = name, str(weights or f"timm pretrained {name}")
         self.world = str(sec.get("world", ""))
         self.id = f"dino:{name}:{self.weights}"
-        self.protocol = (f"resize {prep['resize']} {prep['interpolation']}, center crop {prep['crop']}, "
+        self.procedure = (f"resize {prep['resize']} {prep['interpolation']}, center crop {prep['crop']}, "
                          f"mean {tuple(prep['mean'])} std {tuple(prep['std'])}; CLS cosine x100")
 
     def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
@@ -102,10 +108,10 @@ class DinoModel:
             return self.net(x).float().numpy()
 
 
-def load_dino(cfg: dict[str, Any], ctx: Context, key: str = "dino") -> DinoModel:
+def load_dino(cfg: dict[str, Any], ctx: Context, key: str = "dino", protocol: str = "xverse") -> DinoModel:
     sec = section(cfg, key)
     ident = json.dumps(sec, sort_keys=True, default=str)
-    return ctx.model(("dino", ident), lambda: DinoModel(key, sec))
+    return ctx.model(("dino", ident), lambda: DinoModel(key, sec, protocol))
 
 
 @register
@@ -114,14 +120,16 @@ class Dino(Metric):
     inputs = ("image", "references")
     config_key = "dino"
     model_keys = ("model", "weights")
+    protocols = tuple(PROTOCOL_MODELS)
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        self.model = load_dino(cfg, ctx)
+        self.model = load_dino(cfg, ctx, protocol=self.protocol)
 
     def identity(self) -> dict[str, str]:
         m = self.model
-        return {"model": m.model_name, "weights": m.weights, "protocol": m.protocol, "world": m.world}
+        return {"model": m.model_name, "weights": m.weights, "protocol": self.protocol, "procedure": m.procedure,
+                "world": m.world}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
         gen = self.ctx.image_embeddings(self.model, items, images)

@@ -4,7 +4,8 @@
 models once per evaluation, reference embeddings cached) and returns three things:
 - `table`: one row per (image, reference, metric); image-level metrics (CLIP-T, HPS) have
   reference <NA>. `value` is NaN with a `reason` when a metric does not apply or cannot
-  run. `model`, `weights`, `protocol` and `world` record every choice behind the value;
+  run. `model`, `weights`, `protocol` (the published protocol's name, e.g. "dreambench++"),
+  `procedure` (what was done, in words) and `world` record every choice behind the value;
   `label` marks evaluator-world metrics, e.g. "CLIP-I (tiny-world)": comparable within
   that world only.
 - `aggregate`: per (benchmark, scenario, method, metric): the mean over (image, reference)
@@ -24,6 +25,7 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,11 +35,13 @@ from mosaic.data.sample import load_image
 from mosaic.runfolder import MANIFEST_FILE, atomic_dir
 
 from . import clip, dino, faces, hps, ipsim, mechanism  # noqa: F401  (register the metrics)
+from . import aes, dpg, unified_reward  # noqa: F401  (XVerseBench DPG and AES; UnifiedReward)
 from .manifest import Item, read_items
-from .registry import METRICS, Context, MetricUnavailable, Row
+from .registry import METRICS, Context, Metric, MetricUnavailable, Row
 
 TABLE, AGGREGATE, INFO = "metrics.csv", "aggregate.csv", "evaluation.json"
 ITEM_COLUMNS = ("benchmark", "scenario", "entry")
+IDENTITY = ("model", "weights", "protocol", "procedure", "world")  # metrics.registry.Metric.identity()
 
 
 def label(metric: str, world: str) -> str:
@@ -54,6 +58,15 @@ def select(cfg: dict[str, Any], names: list[str] | None) -> list[str]:
     if unknown:
         raise ValueError(f"unknown metric name(s) {', '.join(map(repr, unknown))}; known: {', '.join(METRICS)}")
     return list(names)
+
+
+def _configured_protocol(cls, cfg: dict[str, Any]) -> str:
+    """The protocol a metric's section names (validated as Metric.protocol does), without loading its model."""
+    view = SimpleNamespace(cfg=cfg, config_key=cls.config_key, protocols=cls.protocols, name=cls.name)
+    try:
+        return cls.protocol.fget(view)  # a metric's own rule (ID-Sim: the old `backend` key names it too)
+    except AttributeError:  # it reads more than the config: the contract's rule
+        return Metric.protocol.fget(view)
 
 
 def _unavailable_rows(cls, items: list[Item], reason: str) -> list[Row]:
@@ -90,11 +103,14 @@ def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None =
         cls = METRICS.get(name)
         try:
             runners[name] = cls(cfg, ctx)
-            identities[name] = runners[name].identity()
+            identities[name] = {k: str(runners[name].identity().get(k, "")) for k in IDENTITY}
         except MetricUnavailable as e:
             if missing == "raise":
                 raise
-            runners[name], identities[name] = str(e), {"model": "", "weights": "", "protocol": "", "world": ""}
+            # not loaded: the configured protocol still names what the missing value stands for
+            runners[name] = str(e)
+            identities[name] = {**dict.fromkeys(IDENTITY, ""), "protocol": _configured_protocol(cls, cfg),
+                                "world": str((cfg.get(cls.config_key) or {}).get("world", ""))}
     check_inputs(items)
     records = []
     for start in range(0, len(items), batch_size):
@@ -121,7 +137,7 @@ def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None =
                     "value": float(r.value), "reason": r.reason, **ident,
                 })
     columns = ["id", "image", "method", "seed", *ITEM_COLUMNS, "reference", "reference_image", "subject",
-               "category", "metric", "label", "value", "reason", "model", "weights", "protocol", "world"]
+               "category", "metric", "label", "value", "reason", *IDENTITY]
     table = pd.DataFrame.from_records(records, columns=columns)
     table["reference"] = table["reference"].astype("Int64")
     table["seed"] = table["seed"].astype("Int64")
@@ -139,8 +155,7 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, g in table.groupby(keys, sort=False, dropna=False):
         first = g.iloc[0]
-        common = {**dict(zip(keys, key)), "model": first["model"], "weights": first["weights"],
-                  "protocol": first["protocol"], "world": first["world"]}
+        common = {**dict(zip(keys, key)), **{k: first.get(k, "") for k in IDENTITY}}  # older tables: no procedure
         v = g["value"]
         out.append({**common, "statistic": "mean over (image, reference) pairs" if g["reference"].notna().any()
                     else "mean over images", "value": v.mean(), "std": v.std(ddof=0), "n": int(v.notna().sum()),
@@ -150,7 +165,7 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
             out.append({**common, "statistic": "mean over images of the min over references",
                         "value": per_image.mean(), "std": per_image.std(ddof=0), "n": int(per_image.notna().sum()),
                         "n_nan": int(per_image.isna().sum()), "nan_reasons": ""})
-    cols = [*keys, "statistic", "value", "std", "n", "n_nan", "nan_reasons", "model", "weights", "protocol", "world"]
+    cols = [*keys, "statistic", "value", "std", "n", "n_nan", "nan_reasons", *IDENTITY]
     return pd.DataFrame(out, columns=cols)
 
 

@@ -1,17 +1,19 @@
-"""ID-Sim: face identity similarity, XVerse protocol, with two face backends.
+"""ID-Sim: face identity similarity under three named protocols (`id_sim.protocol`).
 
-Protocol: for each human reference, take the largest face found in the reference image;
-the score is the maximum cosine x100 between its embedding and the embeddings of all faces
-found in the generated image, 0 if the generated image has no face (a real 0, reason
-"no face detected"). Non-human references get NaN with a reason; so does a reference image
-in which no face is found. The benchmark mean is over (image, human reference) pairs.
-
-Backends (`id_sim.backend`):
+- `xverse` (default): XVerse's evaluation kit, RetinaFace-R50 (facer) + ArcFace IR-SE50, each
+  generated face's box expanded 1.3x and detected again, 5-point alignment to 112 px; see
+  `metrics.xverse_faces`. The score is the maximum cosine x100 over the generated faces, and 0
+  (a real 0 with its reason) when no face is found in the generated image or in the reference.
 - `insightface`: `FaceAnalysis` on a local model pack `<model_root>/models/<model_name>/`
   (buffalo_l or antelopev2): SCRFD detection, 5-point `norm_crop` to 112x112, ArcFace.
 - `dlib`: HOG frontal detector, 5-point shape predictor and dlib's ResNet face descriptor
   from the PyPI `face-recognition-models` files (reachable offline). Its cosines between
   different people are high (about 85-97), so compare dlib ID-Sim only with dlib ID-Sim.
+For `insightface` and `dlib` the reference's largest face is compared with every generated face
+(max cosine x100, 0 if the generated image has none) and a reference without a face is NaN.
+Non-human references are NaN with a reason under every protocol. The benchmark mean is over
+(image, human reference) pairs. The old key `backend` still names the protocol (`insightface`
+or `dlib`) when it is set.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from mosaic.data.sample import load_image
 
 from .manifest import Item
 from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section
+from .xverse_faces import XVerseFaces
 
 DLIB_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
 
@@ -91,15 +94,35 @@ class InsightFaces:
         return [f.normed_embedding for f in found]
 
 
-BACKENDS = {"dlib": DlibFaces, "insightface": InsightFaces}
+BACKENDS = {"xverse": XVerseFaces, "insightface": InsightFaces, "dlib": DlibFaces}  # by protocol
+PROCEDURES = {
+    "xverse": "RetinaFace-R50 faces of the generated image, boxes expanded 1.3x and re-detected, 5-point "
+              "similarity alignment to 112 px, IR-SE50 cosine x100 with the reference's top face; max over "
+              "generated faces; 0 if no face in the generated image, its crop or the reference (XVerse kit)",
+    "insightface": "largest reference face; max cosine x100 over generated faces; 0 if none; NaN if the "
+                   "reference has no face (SCRFD + ArcFace)",
+    "dlib": "largest reference face; max cosine x100 over generated faces; 0 if none; NaN if the reference "
+            "has no face (dlib HOG + ResNet descriptor)",
+}
+
+
+def protocol_of(sec: dict[str, Any], key: str = "id_sim") -> str:
+    """The section's protocol: `backend` (the old key) when set, else `protocol`, else xverse."""
+    name = sec.get("backend") or sec.get("protocol") or "xverse"
+    if name not in BACKENDS:
+        field = "backend" if sec.get("backend") else "protocol"
+        raise MetricUnavailable(f"{key}.{field}: {name!r} is not one of {', '.join(BACKENDS)}")
+    return name
+
+
+def model_key(sec: dict[str, Any], key: str = "id_sim") -> tuple:
+    """The face models' key in the evaluation's `Context` (one load per section)."""
+    return ("faces", protocol_of(sec, key), str(sorted(sec.items())))
 
 
 def load_faces(cfg: dict[str, Any], ctx: Context, key: str = "id_sim"):
     sec = section(cfg, key)
-    backend = sec.get("backend", "insightface")
-    if backend not in BACKENDS:
-        raise MetricUnavailable(f"{key}.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    return ctx.model(("faces", backend, str(sorted(sec.items()))), lambda: BACKENDS[backend](key, sec))
+    return ctx.model(model_key(sec, key), lambda: BACKENDS[protocol_of(sec, key)](key, sec))
 
 
 @register
@@ -107,33 +130,45 @@ class IdSim(Metric):
     name = "ID-Sim"
     inputs = ("image", "references")
     config_key = "id_sim"
-    model_keys = ("backend", "model_root", "model_name", "dlib_models")
+    protocols = tuple(BACKENDS)
+    model_keys = ("protocol", "backend", "detector", "weights", "model_root", "model_name", "dlib_models")
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.faces = load_faces(cfg, ctx, self.config_key)
 
+    @property
+    def protocol(self) -> str:
+        return protocol_of(section(self.cfg, self.config_key), self.config_key)
+
     def identity(self) -> dict[str, str]:
-        return {"model": self.faces.model, "weights": self.faces.weights,
-                "protocol": "largest reference face; max cosine x100 over generated faces; 0 if none (XVerse)",
+        return {"model": self.faces.model, "weights": self.faces.weights, "protocol": self.protocol,
+                "procedure": PROCEDURES[self.protocol],
                 "world": str(self.cfg[self.config_key].get("world", ""))}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
+        xverse = self.protocol == "xverse"
+        gen_fn = self.faces.generated if xverse else self.faces.faces
+        ref_fn = self.faces.reference if xverse else (lambda im: next(iter(self.faces.faces(im)), None))
         rows = []
         for i, (it, img) in enumerate(zip(items, images)):
             humans = [r for r in it.references if r.category == "human"]
             gen = self.ctx.cached(f"{self.faces.id}|generated", [str(it.image)],
-                                  lambda _: [self.faces.faces(img)])[0] if humans else []
+                                  lambda _: [gen_fn(img)])[0] if humans else []
             for j, r in enumerate(it.references):
                 if r.category != "human":
                     rows.append(Row(i, j, float("nan"), f"not a human reference (category {r.category or 'unknown'})"))
                     continue
                 ref = self.ctx.cached(f"{self.faces.id}|references", [str(r.image)],
-                                      lambda keys: [self.faces.faces(load_image(k)) for k in keys])[0]
-                if not ref:
+                                      lambda keys: [ref_fn(load_image(k)) for k in keys])[0]
+                if ref is None and not xverse:
                     rows.append(Row(i, j, float("nan"), "no face detected in the reference image"))
                 elif not gen:
                     rows.append(Row(i, j, 0.0, "no face detected"))
-                else:
-                    rows.append(Row(i, j, float(cosine100(np.stack(gen), ref[0][None]).max())))
+                elif ref is None:
+                    rows.append(Row(i, j, 0.0, "no face detected in the reference image"))
+                elif all(g is None for g in gen):
+                    rows.append(Row(i, j, 0.0, "no face detected again in the expanded face crops"))
+                else:  # a crop without a face scores 0 in the kit's max
+                    rows.append(Row(i, j, max(0.0 if g is None else float(cosine100(g, ref)) for g in gen)))
         return rows

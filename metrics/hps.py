@@ -23,14 +23,16 @@ import torch
 from PIL import Image
 
 from mosaic.runfolder import atomic_file
+from mosaic.safeload import torch_file
 
 from .manifest import Item, read_items
 from .registry import Metric, MetricUnavailable, Row, cosine100, register, section
 
 
 def load_hps_checkpoint(net, path: str | Path) -> None:
-    """Load an HPS checkpoint (`{"state_dict": ...}` or a bare state dict) into an open_clip model."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    """Load an HPS checkpoint (`{"state_dict": ...}` or a bare state dict) into an open_clip model (tensors only:
+    mosaic.safeload.torch_file refuses a file that needs more)."""
+    state = torch_file(path, "HPS checkpoint")
     state = state.get("state_dict", state)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     net.load_state_dict(state)
@@ -67,6 +69,7 @@ class HpsV21(Metric):
     inputs = ("image", "prompt")
     config_key = "hpsv21"
     model_keys = ("model", "checkpoint")
+    protocols = ("hpsv2",)  # the hpsv2 package's score (HPSv2.1 checkpoint), x100
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -75,7 +78,8 @@ class HpsV21(Metric):
 
     def identity(self) -> dict[str, str]:
         return {"model": f"open_clip {self.model.model_name} + HPS_v2.1", "weights": self.model.weights,
-                "protocol": "HPSv2 eval transform (longest side, zero pad); full prompt; cosine x100",
+                "protocol": self.protocol,
+                "procedure": "HPSv2 eval transform (longest side, zero pad); full prompt; cosine x100",
                 "world": self.model.world}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
@@ -103,6 +107,7 @@ class HpsV3(Metric):
     inputs = ("image", "prompt")
     config_key = "hpsv3"
     model_keys = ("checkpoint",)
+    protocols = ("hpsv3",)  # the hpsv3 package's HPSv3RewardInferencer
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -111,7 +116,8 @@ class HpsV3(Metric):
 
     def identity(self) -> dict[str, str]:
         return {"model": "HPSv3 (hpsv3 package)", "weights": str(self.sec.get("checkpoint")),
-                "protocol": "HPSv3RewardInferencer.reward mean (mu); full prompt", "world": ""}
+                "protocol": self.protocol, "procedure": "HPSv3RewardInferencer.reward mean (mu); full prompt",
+                "world": ""}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
         with torch.no_grad():

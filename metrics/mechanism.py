@@ -44,9 +44,11 @@ def read_attention(item: Item) -> tuple[list[np.ndarray], list[np.ndarray], np.n
 class _Mechanism(Metric):
     inputs = ("attention", "references")
     config_key = "mechanism"
+    protocols = ("mosaic",)  # the MOSAIC paper's definitions, coded in mosaic.attention_scores
+    procedure: str
 
     def identity(self) -> dict[str, str]:
-        return {"model": "", "weights": "", "protocol": self.protocol, "world": ""}
+        return {"model": "", "weights": "", "protocol": self.protocol, "procedure": self.procedure, "world": ""}
 
     def score(self, items: list[Item], images: list[np.ndarray]) -> list[Row]:
         rows = []
@@ -63,7 +65,7 @@ class _Mechanism(Metric):
 @register
 class AlignmentAccuracy(_Mechanism):
     name = "alignment accuracy"
-    protocol = "share of points whose argmax target token is within 1 token (Chebyshev) x100"
+    procedure = "share of points whose argmax target token is within 1 token (Chebyshev) x100"
 
     def values(self, attn, gt, masks) -> list[float]:
         return [100 * alignment_accuracy(a, g, masks.shape[1:]) for a, g in zip(attn, gt)]
@@ -72,7 +74,7 @@ class AlignmentAccuracy(_Mechanism):
 @register
 class Leakage(_Mechanism):
     name = "leakage"
-    protocol = "share of the mean point-attention map inside other subjects' token masks x100"
+    procedure = "share of the mean point-attention map inside other subjects' token masks x100"
 
     def values(self, attn, gt, masks) -> list[float]:
         t = masks.shape[1] * masks.shape[2]

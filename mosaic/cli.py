@@ -27,6 +27,8 @@ COMMANDS: Registry[Command] = Registry("command", {
                     "mosaic.data.cli:add_arguments", "mosaic.data.cli:run"),
     "eval": Command("Score generated images (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism)",
                     "metrics.cli:add_arguments", "metrics.cli:run"),
+    "plan": Command("Estimate per-GPU memory of a training config per ZeRO stage and GPU count, and the cards it fits",
+                    "mosaic.plan:add_arguments", "mosaic.plan:run"),
     "sample": Command("Generate images from a trained run (MOSAIC or a controlled baseline) with a manifest",
                       "mosaic.sample:add_arguments", "mosaic.cli:run_sample"),
     "train": Command("Train the MOSAIC reference LoRA (or the tiny base) with DeepSpeed, logging to MLflow",

@@ -82,7 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 1.0  # 0 disables clipping
-    zero_stage: int = 2
+    zero_stage: int = 2  # DeepSpeed ZeRO 0-3; 3 also partitions the (frozen) weights, gathered for export
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     seed: int = 0
     checkpoint_every: int = 50  # 0: only the final checkpoint
@@ -154,8 +154,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.weight_decay": (lambda v: v >= 0, ">= 0"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0"),
-    "train.zero_stage": (lambda v: v in (0, 1, 2),
-                         "0, 1 or 2 (stage 3 partitions parameters, which the LoRA export and EMA do not gather)"),
+    "train.zero_stage": (lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3"),
     "train.checkpoint_every": (lambda v: v >= 0, ">= 0"),
     "train.keep_checkpoints": (lambda v: v >= 1, ">= 1"),
     "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -86,3 +86,17 @@ def test_bad_json_names_file_and_field(tmp_path):
     (tmp_path / "xversebench" / "XVerseBench_single.json").write_text(json.dumps([{"index": 0, "prompt": "p"}]))
     with pytest.raises(DataError, match=r"XVerseBench_single.json: entry 0: missing field 'modulation'"):
         load_xversebench("single", tmp_path)
+
+
+@pytest.mark.parametrize("prompt", ["", "a bear standing on iceberg"])
+def test_a_prompt_that_does_not_name_its_subject_is_an_error(tmp_path, prompt):
+    """The XVerse modulation and CLIP-T find each subject's phrase in the prompt: an entry without it fails."""
+    entry = json.loads((ROOT / "xversebench" / "XVerseBench_single.json").read_text())[0]
+    assert entry["modulation"][0]["use_words"][0][1] == "polar bear"
+    (tmp_path / "xversebench").mkdir()
+    (tmp_path / "xversebench" / "XVerseBench_single.json").write_text(json.dumps([{**entry, "prompt": prompt}]))
+    with pytest.raises(DataError, match=rf"XVerseBench_single.json: entry 0 \(xversebench-single-0000\): prompt "
+                                        rf"'{prompt}' does not contain its subject phrase\(s\) 'polar bear'"):
+        load_xversebench("single", tmp_path)
+    (tmp_path / "xversebench" / "XVerseBench_single.json").write_text(json.dumps([entry]))
+    assert load_xversebench("single", tmp_path).total == 1  # the upstream prompt names it

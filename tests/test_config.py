@@ -45,7 +45,7 @@ def test_flatten_has_every_value_and_roundtrips():
     ({"model": {"gradient_checkpointing": "yes"}}, "model.gradient_checkpointing", "expected bool"),
     ({"train": {"lr": "fast"}}, "train.lr", "expected a number"),
     ({"train": {"mode": "full"}}, "train.mode", "not one of"),
-    ({"train": {"zero_stage": 3}}, "train.zero_stage", "must be 0, 1 or 2"),
+    ({"train": {"zero_stage": 4}}, "train.zero_stage", "must be 0, 1, 2 or 3"),
     ({"train": {"drop_image": 1.5}}, "train.drop_image", "in [0, 1]"),
     ({"train": {"drop_image": 0.6, "drop_text": 0.6}}, "train.drop_*", "sum to more than 1"),
     ({"loss": {"alpha": -0.1}}, "loss.alpha", ">= 0"),

@@ -29,7 +29,7 @@ def test_benchmarks_through_mosaic_eval(tmp_path, capsys):
     save_dino(new_vit(4), tmp_path / "dino")
     clip = {"model": f"local-dir:{tmp_path / 'clip'}", "world": "random weights"}
     cfg = {"clip_i": clip, "clip_t": clip, "dino": {"model": f"local-dir:{tmp_path / 'dino'}", "world": "random weights"},
-           "id_sim": {"backend": "dlib"}, "ip_sim": {"localiser": "background", "max_instances": 3}}
+           "id_sim": {"protocol": "dlib"}, "ip_sim": {"localiser": "background", "max_instances": 3}}
     (tmp_path / "metrics.json").write_text(json.dumps(cfg))
     assert mosaic_main(["eval", str(tmp_path), "--config", str(tmp_path / "metrics.json"), "--batch-size", "4"]) == 0
     assert "CLIP-I (random weights)" in capsys.readouterr().out

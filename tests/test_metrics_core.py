@@ -130,7 +130,7 @@ def test_dino_equals_direct_timm_and_follows_the_protocol(vit_s16, tmp_path):
     with torch.no_grad():
         direct = net(torch.stack([tf(Image.fromarray(img)), tf(Image.fromarray(img[::-1].copy()))])).numpy()
     np.testing.assert_allclose(emb, direct, atol=1e-5)
-    assert "resize 256 bicubic, center crop 224" in model.protocol
+    assert "resize 256 bicubic, center crop 224" in model.procedure
 
 
 def test_missing_weights_name_the_key_and_path(tmp_path, folder):
@@ -201,3 +201,87 @@ def test_a_relative_local_dir_model_is_relative_to_its_config_file(tmp_path):
     cfg = load_config(path, None)
     assert cfg["clip_i"]["model"] == f"local-dir:{(tmp_path / 'evaluators' / 'clip').resolve()}"
     assert cfg["dino"]["model"] == "local-dir:/abs/dino"
+
+
+def _activations(net) -> dict[str, int]:
+    from open_clip.transformer import QuickGELU
+
+    kinds = {"QuickGELU": QuickGELU, "GELU": torch.nn.GELU}
+    return {k: sum(isinstance(m, t) for m in net.modules()) for k, t in kinds.items()}
+
+
+@pytest.fixture()
+def no_weight_files(monkeypatch):
+    """open_clip without its weight files: the tag's download and the checkpoint load are skipped, the model is
+    built through the loader's real path (randomly initialised)."""
+    import open_clip.factory as factory
+
+    fetched = []
+    monkeypatch.setattr(factory, "download_pretrained", lambda cfg, **kw: fetched.append(cfg["url"]) or "/no/file")
+    monkeypatch.setattr(factory, "load_checkpoint", lambda *a, **kw: None)
+    return fetched
+
+
+@pytest.mark.parametrize("model", ["ViT-B-32", "ViT-B-32-quickgelu"])
+def test_openai_clip_loads_with_quick_gelu(no_weight_files, model):
+    """OpenAI's CLIP was trained with QuickGELU; open_clip 3's plain ViT-B-32 config builds GELU towers."""
+    m = ClipModel("clip_i", model, "openai")
+    assert no_weight_files and "openai" in no_weight_files[0]  # the tag's weights were asked for
+    acts = _activations(m.net)
+    assert acts["GELU"] == 0 and acts["QuickGELU"] == 24  # 12 vision + 12 text blocks
+    assert m.quick_gelu and "QuickGELU" in m.procedure and m.id.endswith(":quickgelu")
+
+
+def test_gelu_weights_keep_gelu_and_a_checkpoint_file_must_say(no_weight_files, tmp_path):
+    from metrics.clip import quick_gelu
+
+    m = ClipModel("clip_i", "ViT-B-32", "laion2b_s34b_b79k")  # open_clip marks this tag GELU-trained
+    assert _activations(m.net)["QuickGELU"] == 0 and not m.quick_gelu
+    ckpt = tmp_path / "ViT-B-32.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(MetricUnavailable, match=r"clip_t\.quick_gelu is not set: .*ViT-B-32\.pt is a checkpoint file"):
+        quick_gelu("clip_t", "ViT-B-32", str(ckpt))
+    assert quick_gelu("clip_t", "ViT-B-32", str(ckpt), True) is True
+    with pytest.raises(ValueError, match=r"clip_t\.quick_gelu: 'yes' must be true or false"):
+        quick_gelu("clip_t", "ViT-B-32", str(ckpt), "yes")
+
+
+def test_paper_profile_one_clip_and_named_protocols(folder, models):
+    from metrics.config import PAPER
+
+    assert PAPER["clip_i"]["model"] == PAPER["clip_t"]["model"] == "ViT-B-32"
+    table, agg, info = evaluate(read_items(folder / "manifest.jsonl"), {**models, "mechanism": {}},
+                                ["CLIP-I", "CLIP-T", "DINO", "alignment accuracy"])
+    by = table.groupby("metric")
+    assert by["protocol"].unique().map(list).to_dict() == {
+        "CLIP-I": ["dreambench++"], "CLIP-T": ["dreambench++"], "DINO": ["xverse"], "alignment accuracy": ["mosaic"]}
+    assert table.loc[table.metric == "DINO", "procedure"].str.contains("center crop 48").all()  # its saved preprocess
+    assert table.loc[table.metric == "alignment accuracy", "procedure"].str.contains("Chebyshev").all()
+    assert {"protocol", "procedure"} <= set(agg.columns) and (agg["protocol"] != "").all()
+    with pytest.raises(ValueError, match=r"section 'dino': protocol 'dreambooth' is not one of xverse, dreambench\+\+"):
+        evaluate(read_items(folder / "manifest.jsonl"), {"dino": {**models["dino"], "protocol": "dreambooth"}})
+
+
+def test_dino_protocol_and_model_must_agree(vit_s16):
+    net, path = vit_s16
+    with pytest.raises(ValueError, match=r"'dino': model 'vit_small_patch16_224.dino' is not the model of protocol "
+                                         r"'dreambench\+\+' \(vit_small_patch8_224.dino\)"):
+        DinoModel("dino", {"model": "vit_small_patch16_224.dino", "weights": str(path)}, "dreambench++")
+
+
+def test_an_unavailable_metric_still_records_its_protocol(folder):
+    table = evaluate(read_items(folder / "manifest.jsonl"), {"hpsv21": {"model": "ViT-H-14"}}, missing="nan")[0]
+    assert (table.protocol == "hpsv2").all() and table.value.isna().all()
+    cfg = {"id_sim": {"backend": "insightface", "model_root": str(folder / "none")}}  # ID-Sim's own protocol rule
+    table = evaluate(read_items(folder / "manifest.jsonl"), cfg, ["ID-Sim"], missing="nan")[0]
+    assert (table.protocol == "insightface").all() and table.value.isna().all()
+
+
+def test_workflow_logs_each_metrics_protocol_as_a_tag(folder, models, tmp_path):
+    """workflow/scripts/evaluate.py: the record's tags carry protocol/<metric> (what the tables compare)."""
+    from workflow.scripts.evaluate import image_metrics
+
+    metrics, tags = image_metrics(folder, models, ["CLIP-I", "CLIP-T", "DINO"], tmp_path / "eval")
+    assert {tags[f"protocol/{m}"] for m in ("CLIP-I", "CLIP-T")} == {"dreambench++"}
+    assert tags["protocol/DINO"] == "xverse" and "CLS cosine x100" in tags["procedure/DINO"]
+    assert "img/CLIP-I" in metrics and "protocol/CLIP-I.min" not in tags

@@ -1,4 +1,5 @@
-"""ID-Sim: the dlib backend on the XVerseBench faces, and insightface's real code path on tiny ONNX models."""
+"""ID-Sim: the dlib protocol on the XVerseBench faces, and insightface's real code path on tiny ONNX models
+(the xverse protocol: tests/test_metrics_faces_xverse.py)."""
 import math
 from pathlib import Path
 
@@ -51,16 +52,19 @@ def test_dlib_id_sim_metric_protocol(tmp_path):
     items = [Item("same", HUMANS[0], "a boy", [face]),
              Item("other", HUMANS[1], "a man", [face]),
              Item("noface", blank, "a boy", [face]),
-             Item("object", HUMANS[0], "a cup", [RefInput(blank, word="cup", category="object")])]
-    table, agg, _ = evaluate(items, {"id_sim": {"backend": "dlib"}}, ["ID-Sim"])
+             Item("object", HUMANS[0], "a cup", [RefInput(blank, word="cup", category="object")]),
+             Item("noref", HUMANS[0], "a boy", [RefInput(blank, word="boy", category="human")])]
+    table, agg, _ = evaluate(items, {"id_sim": {"protocol": "dlib"}}, ["ID-Sim"])
     v = table.set_index("id")
     assert v.loc["same", "value"] == pytest.approx(100.0, abs=1e-3)
     assert 0 < v.loc["other", "value"] < 99
     assert v.loc["noface", "value"] == 0.0 and v.loc["noface", "reason"] == "no face detected"
     assert math.isnan(v.loc["object", "value"]) and "not a human reference" in v.loc["object", "reason"]
+    # under dlib (unlike xverse) a reference without a face is NaN
+    assert math.isnan(v.loc["noref", "value"]) and v.loc["noref", "reason"] == "no face detected in the reference image"
     mean = agg[agg.statistic.str.startswith("mean over (image")].iloc[0]
-    assert mean["n"] == 3 and mean["n_nan"] == 1  # the protocol 0 counts; the non-human NaN does not
-    assert "dlib" in v.loc["same", "model"]
+    assert mean["n"] == 3 and mean["n_nan"] == 2  # the protocol 0 counts; the NaNs do not
+    assert "dlib" in v.loc["same", "model"] and set(v["protocol"]) == {"dlib"}
 
 
 # ---------------------------------------------------------------- insightface on tiny ONNX models
@@ -140,6 +144,7 @@ def test_insightface_real_path_on_tiny_onnx(tmp_path):
     cfg = {"id_sim": {"backend": "insightface", "model_root": str(tmp_path), "model_name": "tinypack",
                       "det_size": DET_SIZE}}
     v = evaluate(items, cfg, ["ID-Sim"])[0].set_index("id")
+    assert set(v["protocol"]) == {"insightface"}  # the old `backend` key names the protocol
     assert v.loc["a", "value"] == pytest.approx(100.0, abs=1e-3)
     assert v.loc["b", "value"] < 99.99
     assert v.loc["dark", "value"] == 0.0 and v.loc["dark", "reason"] == "no face detected"

@@ -1,5 +1,6 @@
 """workflow.lib.tables (tables from MLflow runs) and mosaic.tracking.store (idempotent relogging into one store)."""
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -44,22 +45,84 @@ def test_ablation_mean_std_over_seeds_and_n_with_run_ids():
     assert "CLIP-I (tiny-world) paper" not in t  # no paper values given
 
 
+def _paper(tmp_path, rows):
+    path = tmp_path / "reported.csv"
+    pd.DataFrame(rows, columns=["table", "benchmark", "scenario", "method", "metric", "value"]).to_csv(path, index=False)
+    return tables.read_paper(path)
+
+
+# a paper-profile DreamBench evaluation: real CLIP-I label, the paper's protocol, every prompt of the protocol run
+PAPER_CELL = {"tags.label/CLIP-I": "CLIP-I", "tags.protocol/CLIP-I": "dreambench++", "metrics.prompts": 750.0,
+              "metrics.entries/total": 750.0}
+
+
 def test_paper_values_and_gaps_only_where_reported(tmp_path):
-    paper_csv = tmp_path / "reported.csv"
-    pd.DataFrame([["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3],
-                  ["ablation", "DreamBench", "multi", "MOSAIC(-SCAL -MDL)", "CLIP-I", 73.45]],
-                 columns=["table", "benchmark", "scenario", "method", "metric", "value"]).to_csv(paper_csv, index=False)
-    paper = tables.read_paper(paper_csv)
-    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench"},
-                      {"method": "mosaic", "seed": 0, "n": 2, "clip": 50.0},
-                      {"method": "none", "seed": 0, "clip": 60.0, "benchmark": "dreambench", "scenario": "single"}])
+    paper = _paper(tmp_path, [["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3],
+                              ["ablation", "DreamBench", "multi", "MOSAIC(-SCAL -MDL)", "CLIP-I", 73.45]])
+    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench", "extra": PAPER_CELL},
+                      {"method": "mosaic", "seed": 0, "n": 2, "clip": 50.0, "extra": PAPER_CELL},
+                      {"method": "none", "seed": 0, "clip": 60.0, "benchmark": "dreambench", "scenario": "single",
+                       "extra": PAPER_CELL}])
     t = tables.ablation_table(runs, METHODS, paper).set_index(["method", "benchmark", "scenario"])
-    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I (tiny-world) paper"] == 76.3
-    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I (tiny-world) gap"] == pytest.approx(70.0 - 76.3)
-    assert math.isnan(t.loc[("mosaic", "heldout", "multi"), "CLIP-I (tiny-world) paper"])  # not a paper cell
-    assert math.isnan(t.loc[("none", "dreambench", "single"), "CLIP-I (tiny-world) gap"])  # paper: multi only
+    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I paper"] == 76.3
+    assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I gap"] == pytest.approx(70.0 - 76.3)
+    assert t.loc[("mosaic", "dreambench", "multi"), tables.COVERAGE] == "750 / 750"
+    assert math.isnan(t.loc[("mosaic", "heldout", "multi"), "CLIP-I paper"])  # not a paper cell
+    assert math.isnan(t.loc[("none", "dreambench", "single"), "CLIP-I gap"])  # paper: multi only
     with pytest.raises(FileNotFoundError, match="paper_values"):
         tables.read_paper(tmp_path / "missing.csv")
+
+
+def test_no_gap_in_another_world_protocol_or_subset(tmp_path):
+    """The paper's value stays beside the measured one; the gap is NaN, and the notes say why."""
+    paper = _paper(tmp_path, [["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3]])
+    cases = {"tiny-world": {"tags.label/CLIP-I": "CLIP-I (tiny-world)"},
+             "protocol": {"tags.protocol/CLIP-I": "laion"},
+             "unrecorded": {"tags.protocol/CLIP-I": None},
+             "subset": {"metrics.prompts": 100.0}}
+    for case, extra in cases.items():
+        runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench",
+                           "extra": {**PAPER_CELL, **extra}}])
+        row = tables.ablation_table(runs, METHODS, paper).iloc[0]
+        name = row.filter(like=" paper").index[0][: -len(" paper")]
+        assert row[f"{name} paper"] == 76.3 and math.isnan(row[f"{name} gap"]), case
+        assert "CLIP-I: no paper gap: " in row["notes"], case
+        expected = {"tiny-world": "another world (tiny-world)", "protocol": "protocol 'laion', the paper's is 'dreambench++'",
+                    "unrecorded": "'(not recorded)'", "subset": "100 of the protocol's 750 prompts run"}[case]
+        assert expected in row["notes"], (case, row["notes"])
+    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench", "extra": PAPER_CELL}])
+    row = tables.ablation_table(runs, METHODS, paper, profile="tiny").iloc[0]  # the tiny profile: never a gap
+    assert math.isnan(row["CLIP-I gap"]) and "tiny profile" in row["notes"]
+
+
+def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_prompts(tmp_path):
+    paper = _paper(tmp_path, [["xverse", "XVerseBench", "single", "MOSAIC", m, v]
+                              for m, v in (("DPG", 90.1), ("ID-Sim", 60.2), ("IP-Sim", 70.3), ("AES", 61.4),
+                                           ("AVG", 70.5))])
+    methods = {"mosaic": {"paper": {"xverse": "MOSAIC"}}}
+    base = {"metrics.entries/total": 90.0, "metrics.entries/runnable": 20.0, "metrics.entries/skipped": 70.0,
+            "metrics.prompts": 20.0, "metrics.img/ID-Sim": 55.0, "tags.label/ID-Sim": "ID-Sim",
+            "tags.protocol/ID-Sim": "xverse", "metrics.img/IP-Sim": math.nan, "tags.protocol/IP-Sim": "xverse",
+            "tags.reasons/IP-Sim": "no animal or object reference: 20"}
+    runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
+                       "extra": base} for s in (0, 1)])
+    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    assert x[tables.COVERAGE] == "20 / 90"
+    for m in ("DPG", "ID-Sim", "IP-Sim", "AES", "AVG"):  # every paper column, measured or not
+        assert f"{m} paper" in x and math.isnan(x[f"{m} gap"]), m
+    assert math.isnan(x["IP-Sim mean"]) and x["IP-Sim"] == "n/a"
+    assert x["ID-Sim mean"] == 55.0 and x["ID-Sim paper"] == 60.2
+    assert "ID-Sim: no paper gap: 20 of the protocol's 90 prompts run" in x["notes"]
+    assert "IP-Sim: no animal or object reference: 20" in x["notes"] and "DPG: not measured" in x["notes"]
+    # the whole protocol run under the paper's protocol: the gap is printed; another protocol: not
+    full = {**base, "metrics.prompts": 90.0}
+    runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
+                       "extra": full}])
+    single = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    assert single["ID-Sim gap"] == pytest.approx(55.0 - 60.2)
+    runs["tags.protocol/ID-Sim"] = "insightface"
+    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    assert math.isnan(x["ID-Sim gap"]) and "protocol 'insightface', the paper's is 'xverse'" in x["notes"]
 
 
 def test_scaling_and_sweep_group_keys():
@@ -103,7 +166,7 @@ def test_benchmark_table_counts_skipped_entries_and_keeps_reasons():
     x = tables.benchmark_table(runs, "xversebench", METHODS, None, "xverse")
     assert x.loc[0, "skipped"] == 70 and x.loc[0, "total"] == 90 and x.loc[0, "runnable"] == 20
     assert "IP-Sim: no detector: 4" in x.loc[0, "notes"]
-    assert "IP-Sim mean" not in x  # an all-NaN metric is reported by its reason, not as a column of NaNs
+    assert math.isnan(x.loc[0, "IP-Sim mean"]) and x.loc[0, "IP-Sim"] == "n/a"  # the paper's column stays, NaN
     assert tables.benchmark_table(runs, "dreambench", METHODS, None, "main").empty
 
 
@@ -172,3 +235,105 @@ def test_copy_run_keeps_history_params_and_artifacts(store, tmp_path):
     assert run.info.status == "FINISHED"
     again = ms.copy_run(src_uri, rid, uri, "training", "train:x")  # the same key: replaces the first copy
     assert again != new and [r.info.run_id for r in dst.search_runs([run.info.experiment_id])] == [again]
+
+
+PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "paper" / "mosaic_reported.csv"
+XV = {"DPG": (90.0, 80.0), "ID-Sim": (60.0, 50.0), "IP-Sim": (70.0, 60.0), "AES": (55.0, 50.0)}  # single, multi
+
+
+def test_benchmark_tables_from_a_store_show_every_paper_column_with_avg_and_overall(tmp_path):
+    """A synthetic MLflow store (the logging code path) -> main and XVerseBench tables: every metric of the paper's
+    Tables 1 and 2 is a column (NaN with its reason where not measured), AVG and Overall as the kit aggregates."""
+    paper = tables.read_paper(PAPER_CSV) if PAPER_CSV.is_file() else None
+    uri = ms.ensure_store(tmp_path / "store", ["benchmark"])
+    methods = {"mosaic": {"paper": {"main": "MOSAIC", "xverse": "MOSAIC"}},
+               "dreamo-official": {"paper": {"main": "DreamO", "xverse": "DreamO"}}}
+    for m in methods:
+        for seed in (0, 1):
+            for scen in ("single", "multi"):
+                db = {"img/CLIP-I": 80.0 + seed, "img/CLIP-T": 30.0, "img/DINO": 70.0, "img/UnifiedReward": 4.0}
+                ms.log_record(uri, "benchmark", f"db:{m}:{seed}:{scen}", "db", {"metrics": db}, tmp_path,
+                              {"kind": "eval", "method": m, "seed": str(seed), "benchmark": "dreambench",
+                               "scenario": scen, "reasons/HPSv3": "HPSv3 needs its own environment: 4"})
+                i = 0 if scen == "single" else 1
+                xv = {f"img/{k}": v[i] + seed for k, v in XV.items() if not (m == "dreamo-official" and k == "AES")}
+                ms.log_record(uri, "benchmark", f"xv:{m}:{seed}:{scen}", "xv", {"metrics": xv}, tmp_path,
+                              {"kind": "eval", "method": m, "seed": str(seed), "benchmark": "xversebench",
+                               "scenario": scen})
+    runs = tables.load_runs(uri, "benchmark")
+    main = tables.benchmark_table(runs, "dreambench", methods, paper, "main")
+    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse")
+    want_main, want_x = ["CLIP-I", "CLIP-T", "DINO", "UnifiedReward", "HPSv3"], ["DPG", "ID-Sim", "IP-Sim", "AES", "AVG"]
+    if paper is not None:  # the paper file's own columns, too
+        assert set(paper.loc[paper["table"] == "main", "metric"]) <= set(want_main)
+        assert set(paper.loc[paper["table"] == "xverse", "metric"]) <= set(want_x)
+    assert all(c in tables.display_metrics(main) for c in want_main)
+    assert all(c in tables.display_metrics(x) for c in want_x)
+    m = main.set_index(["method", "scenario"])
+    assert math.isnan(m.loc[("mosaic", "single"), "HPSv3 mean"]) and "HPSv3" in m.loc[("mosaic", "single"), "notes"]
+    assert m.loc[("mosaic", "single"), "UnifiedReward mean"] == 4.0
+    t = x.set_index(["method", "scenario"])
+    avg_single = [sum(v[0] + s for v in XV.values()) / 4 for s in (0, 1)]  # per seed: (90+60+70+55)/4 + seed
+    assert t.loc[("mosaic", "single"), "AVG mean"] == pytest.approx(sum(avg_single) / 2)  # 69.25
+    assert t.loc[("mosaic", "single"), "AVG std"] == pytest.approx(pd.Series(avg_single).std())
+    assert t.loc[("mosaic", "multi"), "AVG mean"] == pytest.approx(60.5)
+    assert t.loc[("mosaic", "all"), "AVG mean"] == pytest.approx((69.25 + 60.5) / 2)
+    assert t.loc[("mosaic", "all"), "Overall"] == f"{(69.25 + 60.5) / 2:.2f}"
+    # no AES for the official DreamO: AVG and Overall NaN, each with the reason
+    assert math.isnan(t.loc[("dreamo-official", "single"), "AVG mean"])
+    assert "AVG: needs DPG, ID-Sim, IP-Sim, AES; not available: AES" in t.loc[("dreamo-official", "single"), "notes"]
+    assert math.isnan(t.loc[("dreamo-official", "all"), "AVG mean"])
+    assert "needs the AVG of both scenarios" in t.loc[("dreamo-official", "all"), "notes"]
+    if paper is not None:  # the Overall row meets the paper's Overall cell (scenario "all", metric AVG)
+        assert t.loc[("mosaic", "all"), "AVG paper"] == 76.04
+
+
+def test_avg_reproduces_the_papers_table_2():
+    """The kit's AVG = mean of DPG, ID-Sim, IP-Sim, AES, and Overall = mean of the two AVGs, on the paper's numbers."""
+    from workflow.lib import paper_columns
+
+    if not PAPER_CSV.is_file():
+        pytest.skip("the paper's reported values are not here")
+    p = tables.read_paper(PAPER_CSV)
+    p = p[p["table"] == "xverse"]
+    checked = 0
+    for method, g in p.groupby("method"):
+        v = {(r.scenario, r.metric): r.value for r in g.itertuples()}
+        rows = pd.DataFrame([{"tags.method": method, "tags.scenario": s,
+                              **{f"metrics.img/{k}": v.get((s, k), math.nan) for k in paper_columns.AVG_PARTS}}
+                             for s in ("single", "multi")])
+        avg = paper_columns.with_avg(rows)["metrics.img/AVG"].tolist()
+        for s, a in zip(("single", "multi"), avg):
+            if (s, "AVG") in v and not math.isnan(a):
+                assert a == pytest.approx(v[(s, "AVG")], abs=0.006)  # the paper rounds to 2 decimals
+                checked += 1
+        if ("all", "AVG") in v and not any(map(math.isnan, avg)):
+            assert sum(avg) / 2 == pytest.approx(v[("all", "AVG")], abs=0.011)
+            checked += 1
+    assert checked >= 12
+
+
+def test_avg_and_overall_gaps_follow_their_parts_protocols_and_prompts(tmp_path):
+    parts = ("DPG", "ID-Sim", "IP-Sim", "AES")
+    paper = _paper(tmp_path, [["xverse", "XVerseBench", s, "MOSAIC", "AVG", v] for s, v in
+                              (("single", 80.0), ("multi", 70.0), ("all", 75.0))])
+    methods = {"mosaic": {"paper": {"xverse": "MOSAIC"}}}
+
+    def table(id_protocol="xverse", prompts=None):
+        rows = []
+        for scenario, total in (("single", 90.0), ("multi", 210.0)):
+            extra = {"metrics.entries/total": total, "metrics.prompts": prompts or total}
+            for m in parts:
+                extra.update({f"metrics.img/{m}": 80.0, f"tags.label/{m}": m,
+                              f"tags.protocol/{m}": id_protocol if m == "ID-Sim" else "xverse"})
+            rows.append({"method": "mosaic", "seed": 0, "clip": 1.0, "benchmark": "xversebench", "scenario": scenario,
+                         "extra": extra})
+        return tables.benchmark_table(eval_runs(rows), "xversebench", methods, paper, "xverse").set_index("scenario")
+
+    t = table()
+    assert t.loc["single", "AVG gap"] == pytest.approx(0.0) and t.loc["multi", "AVG gap"] == pytest.approx(10.0)
+    assert t.loc["all", "AVG gap"] == pytest.approx(80.0 - 75.0) and t.loc["all", tables.COVERAGE] == "300 / 300"
+    t = table(id_protocol="insightface")  # one part under another protocol: no AVG or Overall gap
+    assert t["AVG gap"].isna().all()
+    assert "AVG: no paper gap: measured under protocol 'mixed: DPG xverse, ID-Sim insightface" in t.loc["single", "notes"]
+    assert table(prompts=20.0)["AVG gap"].isna().all()  # a subset of the prompts: none either

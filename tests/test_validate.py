@@ -22,7 +22,7 @@ def _sample(sid: str, k: int) -> Sample:
         masks[i, 4:28, x0:x0 + W // k] = True
         pts = np.array([(y % size, (y * 3) % size, y, x0 + (y % (W // k))) for y in range(4, 28, 3)], np.int32)
         refs.append(Reference(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), f"thing {i}", pts, f"{sid}-{i}"))
-    return Sample(sid, "a prompt", target, refs, masks)
+    return Sample(sid, "a photo of " + " and ".join(r.phrase for r in refs), target, refs, masks)
 
 
 @pytest.fixture
@@ -62,6 +62,16 @@ def _only(problems, file, field):
 def test_clean_dataset_has_no_problems(ds):
     assert validate_dataset(ds) == []
     assert validate_dataset(ds, TokenSpec((H, W), (16, 16), 4, 2)) == []
+
+
+def test_a_prompt_without_its_subject_phrase(ds):
+    _edit(ds, "a", lambda r: r.update(prompt="A photo of THING 1"))  # case-insensitive, as the consumers search
+    p = _only(validate_dataset(ds), "manifest.jsonl:1", "references[0].phrase")
+    assert "'thing 0' is not in the prompt 'A photo of THING 1'" in p.message
+    _edit(ds, "a", lambda r: r.update(prompt=""))  # an empty prompt names no subject
+    assert [p.field for p in validate_dataset(ds)] == ["references[0].phrase", "references[1].phrase"]
+    _edit(ds, "b", lambda r: r["references"][0].update(phrase=""))  # nor does an empty phrase
+    assert "references[0].phrase" in [p.field for p in validate_dataset(ds) if p.sample_id == "b"]
 
 
 def test_problem_str():

@@ -102,6 +102,31 @@ def test_paper_dry_run_builds_the_full_dag_without_weights():
         assert stats[f"sample_official_{m.replace('-', '_')}"] == 4  # the four benchmark evaluation sets
     assert stats["subjects200k_part"] == 3 and stats["collage_split"] > 0
     assert "--profile paper" in p.stdout  # the paper metrics config, not the tiny-world evaluators
+    # every paper metric is planned: DPG and AES on XVerseBench, UnifiedReward on DreamBench in the main env,
+    # HPSv3 by its own rule in its own env, merged into the DreamBench evaluations
+    names = [m[1].split(",") for m in re.finditer(r"--metric-names (\S+)", p.stdout)]
+    assert any({"DPG", "ID-Sim", "IP-Sim", "AES"} <= set(n) for n in names)
+    assert any("UnifiedReward" in n for n in names) and not any("HPSv3" in n for n in names)
+    dreambench = sum(1 for m in re.finditer(r"--evalset dreambench-\S+", p.stdout))
+    assert stats["evaluate_hpsv3"] > 0 and p.stdout.count(f"--extra-table {PAPER['results']}/evals_env/HPSv3/") == dreambench
+    assert "python -m metrics.hps" in p.stdout
+
+
+def planned_paths(out: str) -> set[str]:
+    """Every output, log and benchmark path of the jobs a dry run lists."""
+    lines = re.findall(r"^    (?:output|log|benchmark): (.*)$", out, re.M)
+    return {p.strip() for line in lines for p in line.split(",")}
+
+
+def test_profiles_never_share_outputs(tmp_path):
+    """The paper profile writes under its own folder, so running it where a tiny run lives plans no
+    tiny job: no path of one DAG is, or lies inside, a path of the other."""
+    assert TINY["results"] == "results" and PAPER["results"] != TINY["results"]
+    tiny = planned_paths(snakemake("-n", "--cores", "2", "--workflow-profile", "none", "-d", str(tmp_path)).stdout)
+    paper = planned_paths(snakemake("-n", "--cores", "2", "--configfile", "workflow/config/paper.yaml").stdout)
+    assert "results/ablation.csv" in tiny and f"{PAPER['results']}/ablation.csv" in paper
+    roots = {"tiny": {Path(p).parts[0] for p in tiny}, "paper": {Path(p).parts[0] for p in paper}}
+    assert roots == {"tiny": {TINY["results"]}, "paper": {PAPER["results"]}}  # neither root inside the other
 
 
 def test_lint_is_clean_for_both_profiles():

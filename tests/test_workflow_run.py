@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from mosaic.tracking.store import store_uri
-from tests.workflow_helpers import micro_config, snakemake, write_config
+from tests.workflow_helpers import ROOT, micro_config, snakemake, write_config
 from workflow.lib import tables
 
 pytestmark = pytest.mark.slow
@@ -77,6 +77,22 @@ def test_changing_one_variant_reruns_only_its_jobs(run, tmp_path):
     assert {r for r, _ in jobs} == {"train", "sample", "evaluate", "mlflow_log", "tables_ablation"}
     assert sum(r == "train" for r, _ in jobs) == 2  # its two seeds
     assert all("method~none" in out for r, out in jobs if r != "tables_ablation")
+
+
+def test_paper_dry_run_beside_a_finished_tiny_run_plans_no_tiny_job(run, tmp_path):
+    """The paper profile in a folder holding a finished tiny run: its jobs are all its own (under its
+    results folder), none is planned for a changed param of a tiny training, and the tiny run stays done."""
+    import yaml
+
+    work, cfg = run
+    paper = yaml.safe_load((ROOT / "workflow" / "config" / "paper.yaml").read_text())
+    paper.update(benchmarks=str(ROOT.parent / "shared" / "benchmarks"),
+                 paper_values=str(ROOT.parent / "shared" / "paper" / "mosaic_reported.csv"))
+    out = snakemake(work, write_config(tmp_path, paper, "paper.yaml"), "-n")
+    jobs = planned(out)
+    assert len(jobs) > 100 and all(o.startswith(f"{paper['results']}/") for _, o in jobs), jobs[:5]
+    assert "have changed" not in out.lower() and "results/runs/" not in out
+    assert "Nothing to be done" in snakemake(work, cfg, "-n", "results/ablation.csv")
 
 
 def test_deleted_store_is_rebuilt(run):

@@ -77,7 +77,9 @@ class DreamOExtension(Extension):
         if enc.refs is None:
             return {}
         b, k = enc.refs.shape[:2]
-        return {"ref_offset": model.dreamo_index.weight[:k].to(enc.refs.dtype)[None].expand(b, k, -1)}
+        # called as a module (not .weight[:k]): ZeRO-3 gathers a module's partitioned weight on its call
+        index = model.dreamo_index(torch.arange(k, device=enc.refs.device))
+        return {"ref_offset": index.to(enc.refs.dtype)[None].expand(b, k, -1)}
 
     def attn_hook(self, batch):
         self._probe = RoutingProbe(batch, self.args["blocks"])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .sample import DataError
+from .validate import missing_phrases
 
 BENCHMARKS = ("dreambench", "xversebench")
 SCENARIOS = ("single", "multi")
@@ -146,9 +147,14 @@ def dreambench_classes(root: Path) -> dict[str, str]:
 
 def _split(benchmark: str, scenario: str, source: Path, rows: list[BenchmarkEntry],
            protocol: dict[str, Any] | None = None) -> BenchmarkSet:
-    """Runnable entries vs skipped ones (any reference image missing), with the reason."""
+    """Runnable entries vs skipped ones (any reference image missing), with the reason. A prompt that does not
+    name each of its subjects (the XVerse modulation and CLIP-T find them in it) is a DataError."""
     entries, skipped = [], []
     for entry in rows:
+        missing = missing_phrases(entry.prompt, entry.subjects)
+        if missing:
+            raise DataError(f"{source}: entry {entry.index} ({entry.id}): prompt {entry.prompt!r} does not contain "
+                            f"its subject phrase(s) {', '.join(missing)}")
         missing = [p for p in entry.references if not p.is_file()]
         if missing:
             folders = sorted({p.parent.name for p in missing})

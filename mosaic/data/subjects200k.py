@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from .sample import DataError, DatasetWriter, Reference, Sample
+from ..safeload import UnsafeCheckpoint, torch_file
 
 PAD, VIEW = 8, 512
 TARGET_BOX = (PAD, PAD, VIEW + PAD, VIEW + PAD)  # (8, 8, 520, 520)
@@ -106,7 +107,9 @@ def agreed_points(dift: torch.Tensor, geoaware: torch.Tensor, mask: np.ndarray, 
 
 def _load_coords(path: Path) -> torch.Tensor:
     try:
-        t = torch.load(path, map_location="cpu", weights_only=True)
+        t = torch_file(path, "coordinate file")  # tensors only; a file that needs more is refused, naming it
+    except UnsafeCheckpoint as e:
+        raise DataError(str(e)) from None
     except Exception as e:
         raise DataError(f"{path}: unreadable coordinate file ({type(e).__name__}: {e})") from None
     if not isinstance(t, torch.Tensor) or tuple(t.shape) != (GRID * GRID, 2):

@@ -1,8 +1,10 @@
 """Dataset validator: every problem in a dataset folder, each naming file and field.
 
 Training fails late and obscurely on a bad sample (a missing mask, a point outside the
-image, two references claiming one pixel). `validate_dataset` reads the whole folder up
-front and reports all such problems at once, so a dataset can be fixed in one pass.
+image, two references claiming one pixel, a subject phrase the prompt does not contain:
+the XVerse baseline's modulation and CLIP-T find each subject by its phrase in the prompt).
+`validate_dataset` reads the whole folder up front and reports all such problems at once,
+so a dataset can be fixed in one pass.
 """
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ def _image(root: Path, rel: Any, mode: str, field: str, sid: str, line: str,
     except DataError as e:
         problems.append(Problem(rel, field, str(e), sid))
     return None
+
+
+def missing_phrases(prompt: Any, phrases: list[Any]) -> list[str]:
+    """The subject phrases `prompt` does not contain, case-insensitively, as the consumers search them
+    (baselines.controlled.xverse.phrase_spans); an empty or non-string phrase is always missing."""
+    low = prompt.lower() if isinstance(prompt, str) else ""
+    return [repr(ph) for ph in phrases if not isinstance(ph, str) or not ph.strip() or ph.lower() not in low]
 
 
 def _out_of_range(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -93,6 +102,10 @@ def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | 
             problems.append(Problem(line, "prompt", f"too long for the text encoder: {over}", sid))
     if not refs:
         problems.append(Problem(line, "k", "K = 0: a sample needs at least one reference", sid))
+    for k, r in enumerate(refs):
+        if missing_phrases(rec["prompt"], [r.get("phrase")]):
+            problems.append(Problem(line, f"references[{k}].phrase", f"{r.get('phrase')!r} is not in the prompt "
+                                    f"{rec['prompt']!r}", sid))
     n_masks = sum("mask" in r for r in refs)
     counts = {"k": rec["k"], "references": len(refs), "masks": n_masks}
     if corr_ok:

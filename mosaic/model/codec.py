@@ -116,12 +116,31 @@ class VaeCodec(Codec):
         return self.vae.decode((latents / self.scale + self.shift).to(self.vae.dtype)).sample
 
 
+# FLUX.1-dev vae/config.json (the architecture of a random VAE; its latent shift and scale)
+FLUX_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False)
+
+
+def random_vae_codec(seed: int = 0) -> VaeCodec:
+    """A VAE codec of FLUX's architecture with seeded random weights (benches: flavour `flux-dev-random`)."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VaeCodec(AutoencoderKL(**FLUX_VAE))
+
+
 def build_codec(flavour: str | Flavour, weights: str | os.PathLike | None = None) -> Codec:
-    """The flavour's codec; the VAE codec needs `weights` (a local diffusers FLUX folder)."""
+    """The flavour's codec; the VAE codec needs `weights` (a local diffusers FLUX folder), unless the flavour
+    asks for a random one (`random`: benches only)."""
     cfg = get_flavour(flavour).codec
     if cfg["kind"] == "pixel":
         return PixelCodec(cfg["downsample"])
     if cfg["kind"] == "vae":
+        if weights is None and cfg.get("random"):
+            return random_vae_codec()
         if weights is None:
             raise FileNotFoundError(f"flavour {get_flavour(flavour).name!r} needs VAE weights: pass a local diffusers "
                                     "FLUX folder (with a vae/ subfolder)")

@@ -5,6 +5,11 @@ or the local Hugging Face cache). `tiny` and `debug` are small random FLUX trans
 architecture for CPU work: `tiny` trains in about a minute per variant on 2 cores at the tiny
 profile sizes, `debug` is the smallest that still exercises every code path (tests).
 
+`flux-dev-random` is for GPU benches only (bench/gpu_checks.py): FLUX.1-dev's transformer at full
+size with random weights, a random VAE of FLUX's architecture and hashed prompt features of T5's
+shape (512 x 4096, pooled 768), so the real trainer and sampler run at FLUX.1-dev scale with no
+weights at all. Its numbers are speed and memory, never image quality.
+
 Tiny/debug token channels: the pixel codec pixel-unshuffles by 4 (3*4*4 = 48 channels) and packs
 2x2 like FLUX latents, so in_channels = 48*4 = 192 (one token per 8 px).
 """
@@ -17,6 +22,10 @@ from ..registry import Registry
 
 
 PREDICTIONS = ("velocity", "x0")
+# FLUX.1-dev transformer/config.json (FluxTransformer2DModel constructor kwargs)
+FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                            guidance_embeds=True, axes_dims_rope=(16, 56, 56))
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,19 @@ class Flavour:
 FLAVOURS: Registry[Flavour] = Registry("model flavour", {
     "flux-dev": Flavour(
         name="flux-dev",
-        transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                         guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        transformer=FLUX_DEV_TRANSFORMER,
         codec=dict(kind="vae", downsample=8, patch=2),
         text=dict(kind="t5-clip", max_length=512),
         max_refs=6,
         notes="FLUX.1-dev; weights from a local diffusers folder (subfolders transformer/, vae/, text_encoder*/)",
+    ),
+    "flux-dev-random": Flavour(
+        name="flux-dev-random",
+        transformer=FLUX_DEV_TRANSFORMER,
+        codec=dict(kind="vae", downsample=8, patch=2, random=True),  # weights=None: a random FLUX-architecture VAE
+        text=dict(kind="hashed", max_length=512, dim=4096, pooled_dim=768),
+        max_refs=6,
+        notes="benches only: FLUX.1-dev's shapes, random weights, no text encoder",
     ),
     "tiny": Flavour(
         name="tiny",

@@ -2,7 +2,9 @@
 
 Why it exists: a run may be killed at any moment, so a checkpoint counts only once complete
 (`checkpoints/latest` is replaced atomically after every file is written), a bad state is never
-saved, and the final LoRA (or base transformer folder) is written whole or not at all.
+saved, and the final LoRA (or base transformer folder) is written whole or not at all. Under ZeRO-3
+the EMA lives in each rank's slices and is saved per rank (DeepSpeed writes one model-states file per
+rank), and the export gathers the slices (mosaic.train.partitioned).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..runfolder import BASE_DIR, CHECKPOINTS, LATEST, LORA_FILE, atomic_write
+from .partitioned import gathered, is_partitioned, local_tensors, whole
 
 
 class TrainingError(RuntimeError):
@@ -68,8 +71,16 @@ class Checkpointer:
                 shutil.rmtree(old)
         dist.barrier()
 
+    @property
+    def partitioned(self) -> bool:
+        """ZeRO-3: the weights are sliced across ranks, so reading them whole is collective."""
+        return any(is_partitioned(p) for p in self.params)
+
     def check_finite(self, step: int) -> None:
-        bad = sum(int(not torch.isfinite(p).all()) for p in self.params)
+        """Every rank checks its slices (ZeRO-3) or its copies; all agree on the count (collective)."""
+        flags = torch.stack([~torch.isfinite(t).all() for t in local_tensors(self.params)]).float()  # on the device
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad = int(flags.sum())
         if bad:
             raise TrainingError(f"step {step}: {bad} trainable tensors hold NaN/inf after the update; no checkpoint "
                                 f"written; last good checkpoint: {latest_checkpoint(self.out) or 'none'} in "
@@ -77,18 +88,26 @@ class Checkpointer:
 
     def export(self, ext=None) -> list[Path]:
         """The final weights (EMA weights when EMA is on): the LoRA safetensors or the base transformer
-        folder, then the extension's files."""
+        folder, then the extension's files. Every rank calls it (ZeRO-3 gathers the weights, and the EMA
+        from each rank's slices, collectively); rank 0 writes and returns the paths, the others []."""
         model, ema, params, out = self.engine.module, self.ema, self.params, self.out
-        if ema is not None:
-            ema.store(params)
-            ema.copy_to(params)
-        try:
-            paths = [model.save_lora(out / LORA_FILE) if self.lora_mode else model.save_base(out / BASE_DIR)]
-            return paths + (list(ext.export(model, out)) if ext is not None else [])
-        except Exception as e:  # e.g. a full disk (OSError, or safetensors' own error); no partial file is left
-            raise TrainingError(f"{out / (LORA_FILE if self.lora_mode else BASE_DIR)}: exporting the trained weights "
-                                f"failed ({str(e).strip()[:300]}); the final checkpoint {latest_checkpoint(out)} is "
-                                f"intact: rerun with the same output folder to export it") from e
-        finally:
+        with gathered(params):
+            stored = None
             if ema is not None:
-                ema.restore(params)
+                averaged = [whole(s, p) for s, p in zip(ema.shadow_params, params)]
+                stored = [p.data.to("cpu", copy=True) for p in params]
+                for p, a in zip(params, averaged):
+                    p.data.copy_(a)
+            try:
+                if self.rank != 0:
+                    return []
+                paths = [model.save_lora(out / LORA_FILE) if self.lora_mode else model.save_base(out / BASE_DIR)]
+                return paths + (list(ext.export(model, out)) if ext is not None else [])
+            except Exception as e:  # e.g. a full disk (OSError, or safetensors' own error); no partial file is left
+                raise TrainingError(f"{out / (LORA_FILE if self.lora_mode else BASE_DIR)}: exporting the trained "
+                                    f"weights failed ({str(e).strip()[:300]}); the final checkpoint "
+                                    f"{latest_checkpoint(out)} is intact: rerun with the same output folder to "
+                                    f"export it") from e
+            finally:
+                for p, c in zip(params, stored or []):
+                    p.data.copy_(c)

@@ -2,7 +2,8 @@
 
 Why it exists: the loop must not care how many processes it runs in; this module starts the
 process group (a world of one when no launcher started the process) and wraps the model, its
-optimizer and LR schedule in a DeepSpeed ZeRO engine.
+optimizer and LR schedule in a DeepSpeed ZeRO engine (stages 0-3; under 3 the weights themselves are
+partitioned, see mosaic.train.partitioned).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config
+from .partitioned import local_tensors
 
 
 def setup_distributed() -> tuple[torch.device, int, int]:
@@ -43,7 +45,10 @@ def deepspeed_config(cfg: Config, bf16: bool) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": cfg.train.batch_size,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.train.grad_clip,
-        "zero_optimization": {"stage": cfg.train.zero_stage},
+        # stage 3: every parameter partitioned, whatever its size (DeepSpeed keeps those under 1e5 elements
+        # whole by default), so the export and EMA take the same path at every scale, the debug flavour's too
+        "zero_optimization": {"stage": cfg.train.zero_stage,
+                              **({"stage3_param_persistence_threshold": 0} if cfg.train.zero_stage == 3 else {})},
         "bf16": {"enabled": bf16},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -51,7 +56,8 @@ def deepspeed_config(cfg: Config, bf16: bool) -> dict[str, Any]:
 
 
 def build_engine(model, cfg: Config, bf16: bool):
-    """(engine, LR scheduler, EMA or None, trainable parameters): AdamW with linear warmup, under DeepSpeed."""
+    """(engine, LR scheduler, EMA or None, trainable parameters): AdamW with linear warmup, under DeepSpeed.
+    Under ZeRO-3 the EMA averages this rank's slices (step it with `local_tensors(params)`)."""
     import deepspeed
 
     params = model.trainable_parameters()
@@ -64,5 +70,5 @@ def build_engine(model, cfg: Config, bf16: bool):
     if cfg.train.ema_decay > 0:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(params, decay=cfg.train.ema_decay)
+        ema = EMAModel(local_tensors(params), decay=cfg.train.ema_decay)  # ZeRO-3: this rank's slices
     return engine, scheduler, ema, params

@@ -26,6 +26,7 @@ from .callbacks import Callback, StopFlag, fault_callbacks
 from .checkpoint import Checkpointer, TrainingError, latest_checkpoint
 from .data import apply_dropout, batch_stream, check_mdl_active, data_stages
 from .distributed import build_engine, setup_distributed
+from .partitioned import local_tensors
 from .objective import forward_losses
 from .resume import prepare_output
 from .run_logger import log_step, start_logger
@@ -86,7 +87,7 @@ def train(cfg: Config, stop_after: int | None = None, callbacks: list[Callback] 
                 engine.backward(losses["total"])
                 engine.step()
                 if ema is not None:
-                    ema.step(params)
+                    ema.step(local_tensors(params))
                 step += 1
                 if logger:
                     log_step(logger, losses, lr, started, step, cfg.tracking.log_every)
@@ -109,12 +110,14 @@ def train(cfg: Config, stop_after: int | None = None, callbacks: list[Callback] 
             if logger:
                 logger.end("KILLED")
             return TrainResult(status, step, None, logger.run_id if logger else None)
-        output, results = None, {}
+        paths, results = ckpt.export(ext), {}  # every rank: ZeRO-3 gathers the weights collectively
         if rank == 0:
-            output, results = finish(ckpt, ext, logger, lora_mode, val, engine.module, codec, text_encoder, cfg,
-                                     device, dtype, step)
+            results = finish(paths, logger, lora_mode, val, engine.module, codec, text_encoder, cfg, device, dtype,
+                             step, ckpt.out, ext)
+        elif val is not None and ckpt.partitioned:  # ZeRO-3's forward gathers the weights: every rank runs it
+            mechanism.evaluate(engine.module, codec, text_encoder, val, cfg, device, dtype, ext)
         dist.barrier()
-        return TrainResult(status, step, output, logger.run_id if logger else None, results)
+        return TrainResult(status, step, paths[0] if paths else None, logger.run_id if logger else None, results)
     except BaseException:
         if logger:
             with contextlib.suppress(Exception):  # a logging failure must not hide the training error
@@ -137,20 +140,20 @@ def agree_to_continue(losses: dict[str, torch.Tensor], sigterm: bool, step: int,
     return bool(stopping)
 
 
-def finish(ckpt: Checkpointer, ext, logger, lora_mode: bool, val, model, codec, text_encoder, cfg: Config, device,
-           dtype, step: int) -> tuple[Path, dict[str, float]]:
-    """Rank 0 after the last step: export the weights, log them, evaluate on the val split, close the run."""
-    output, *extra = ckpt.export(ext)
+def finish(paths: list[Path], logger, lora_mode: bool, val, model, codec, text_encoder, cfg: Config, device, dtype,
+           step: int, out: Path, ext) -> dict[str, float]:
+    """Rank 0 after the export: log the weights, evaluate on the val split, close the run."""
+    output, *extra = paths
     if logger:
         logger.set_tag("output", str(output.resolve()))
         for path in ([output] if lora_mode else []) + extra:
             logger.log_artifact(path)
     results = {}
     if val is not None:
-        results = mechanism.evaluate_run(model, codec, text_encoder, val, cfg, device, dtype, ckpt.out, logger, ext)
+        results = mechanism.evaluate_run(model, codec, text_encoder, val, cfg, device, dtype, out, logger, ext)
     if logger:
         truncated = getattr(text_encoder, "truncated", None)  # prompts longer than the text encoder keeps
         if truncated is not None:
             logger.log_metrics({"data/prompts_truncated": float(truncated)}, step)
         logger.end("FINISHED")
-    return output, results
+    return results

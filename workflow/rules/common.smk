@@ -362,14 +362,25 @@ def sample_inputs(wc):
     return [dataset(f"test_k{e['n']}"), validated(f"test_k{e['n']}")] if e["family"] == "heldout" else []
 
 
+# metrics scored by their own rule in their own conda environment (workflow/envs/), merged into the evaluation
+OWN_ENV_METRICS = {"HPSv3": "hpsv3"}  # HPSv3: the hpsv3 package pins an older transformers
+
+
+def own_env_table(metric, source, evalset):
+    return f"{R}/evals_env/{metric}/{source}/evalset~{evalset}.csv"
+
+
 def evaluate_inputs(wc):
-    return {"samples": samples_dir(wc.source, wc.evalset), "metrics": metrics_config_file()}
+    extra = [own_env_table(m, wc.source, wc.evalset) for m in EVALSETS[wc.evalset]["metrics"] if m in OWN_ENV_METRICS]
+    return {"samples": samples_dir(wc.source, wc.evalset), "metrics": metrics_config_file(), "extra": extra}
 
 
 def evaluate_args(wc):
     e = EVALSETS[wc.evalset]
+    main = [m for m in e["metrics"] if m not in OWN_ENV_METRICS]
+    extra = [own_env_table(m, wc.source, wc.evalset) for m in e["metrics"] if m in OWN_ENV_METRICS]
     args = [f"--evalset {wc.evalset}", f"--benchmark {e['benchmark']}", f"--scenario {e['scenario']}",
-            "--metric-names " + ",".join(e["metrics"])]
+            "--metric-names " + ",".join(main)] + [f"--extra-table {t}" for t in extra]
     if e["family"] == "heldout":
         args.append(f"--n {e['n']}")
     else:

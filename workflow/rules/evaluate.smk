@@ -23,3 +23,26 @@ rule evaluate:
     shell:
         "OMP_NUM_THREADS={threads} python {params.script} {input.samples} --metrics-config {input.metrics}"
         " {params.args} --out {output} > {log} 2>&1"
+
+
+# HPSv3 in its own environment (workflow/envs/hpsv3.yaml: the hpsv3 package pins an older transformers):
+# metrics.hps scores the sample folder's manifest into rows of the evaluation table, which the evaluate
+# job above merges (--extra-table) before aggregating.
+rule evaluate_hpsv3:
+    input:
+        samples=lambda wc: samples_dir(wc.source, wc.evalset),
+    output:
+        own_env_table("HPSv3", "{source}", "{evalset}"),
+    log:
+        log_file("evaluate_hpsv3", "{source}", "{evalset}"),
+    benchmark:
+        bench_file("evaluate_hpsv3", "{source}", "{evalset}")
+    conda:
+        "../envs/hpsv3.yaml"
+    resources:
+        gpu=min(1, config["training"]["gpus"]),
+    params:
+        checkpoint=config["metrics"]["config"].get("hpsv3", {}).get("checkpoint"),
+    shell:
+        "python -m metrics.hps {input.samples}/manifest.jsonl {output} --checkpoint {params.checkpoint}"
+        " --device cuda > {log} 2>&1"

@@ -8,7 +8,8 @@ Writes into DIR (renamed into place when complete): eval/ (metrics.evaluate tabl
 the held-out alignment accuracy and leakage (workflow/scripts/sample.py), and record.json:
 {"metrics", "params", "tags", "artifacts"}. Image metrics are the means over (image, reference)
 pairs ("img/<metric>") and over images of the minimum over references ("img/<metric>.min");
-mechanism shares are in % ("mech/..."); the reasons of NaN values and protocol zeros are tags.
+mechanism shares are in % ("mech/..."); the reasons of NaN values and protocol zeros are tags, and so
+are each metric's protocol name (`protocol/<metric>`, e.g. "dreambench++") and procedure in words.
 """
 from __future__ import annotations
 
@@ -22,13 +23,19 @@ from pathlib import Path
 import torch
 
 
-def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path) -> tuple[dict, dict]:
-    """Run the metrics suite; (metrics, tags) from its aggregate table."""
+def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path,
+                  extra: list[Path] = ()) -> tuple[dict, dict]:
+    """Run the metrics suite; (metrics, tags) from its aggregate table. `extra`: evaluation-table rows scored
+    in another environment (e.g. HPSv3, metrics.hps), merged into metrics.csv before aggregating."""
     import pandas as pd
 
-    from metrics.evaluate import AGGREGATE, TABLE, evaluate_folder
+    from metrics.evaluate import AGGREGATE, TABLE, aggregate, evaluate_folder
 
-    folder = evaluate_folder(samples, cfg, names, out=out, missing="nan")
+    folder = evaluate_folder(samples, cfg, [n for n in names if n], out=out, missing="nan")
+    if extra:  # `out` lies inside the job's atomic output folder: rewriting its files here is still atomic
+        table = pd.concat([pd.read_csv(folder / TABLE)] + [pd.read_csv(p) for p in extra], ignore_index=True)
+        table.to_csv(folder / TABLE, index=False)
+        aggregate(table).to_csv(folder / AGGREGATE, index=False)
     agg = pd.read_csv(folder / AGGREGATE)
     rows = pd.read_csv(folder / TABLE, usecols=["metric", "reason"]).dropna()
     metrics, tags = {}, {}
@@ -42,6 +49,9 @@ def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path) -> tupl
             metrics[f"nan/{r.metric}"] = float(r.n_nan)
             tags[f"label/{r.metric}"] = r.label
             tags[f"model/{r.metric}"] = " ".join(str(x) for x in (r.model, r.weights) if isinstance(x, str))
+            # the published protocol's name: a table compares with the paper only under the paper's protocol
+            tags[f"protocol/{r.metric}"] = r.protocol if isinstance(r.protocol, str) else ""
+            tags[f"procedure/{r.metric}"] = (r.procedure if isinstance(r.procedure, str) else "")[:4000]
     return metrics, tags
 
 
@@ -72,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", required=True)
     p.add_argument("--n", type=int, help="subjects per test sample (held-out sets)")
     p.add_argument("--benchmarks-root", help="benchmark folder (skipped-entry counts)")
+    p.add_argument("--extra-table", action="append", type=Path, default=[],
+                   help="evaluation-table rows scored in another environment (metrics.hps for HPSv3); repeatable")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
     if os.environ.get("OMP_NUM_THREADS"):
@@ -84,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads(args.metrics_config.read_text())
     lines = [json.loads(x) for x in (args.samples / MANIFEST_FILE).read_text().splitlines() if x.strip()]
     with atomic_dir(args.out, overwrite=True) as tmp:
-        metrics, tags = image_metrics(args.samples, cfg, args.metric_names.split(","), tmp / "eval")
+        metrics, tags = image_metrics(args.samples, cfg, args.metric_names.split(","), tmp / "eval",
+                                      args.extra_table)
         metrics["images"] = float(len(lines))
         metrics["prompts"] = float(len({rec.get("entry", rec["id"]) for rec in lines}))
         artifacts = ["eval/aggregate.csv", "eval/metrics.csv", "sheet.png"]

@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     check_generation(args.store, args.generation)
     uri = store_uri(args.store)
     runs = tables.load_runs(uri, args.study)
-    world = "" if cfg.get("profile") == "paper" else " (tiny world: comparable within the synthetic world only)"
+    profile = cfg.get("profile", "tiny")  # no paper gap unless the config says it is the paper profile
+    world = "" if profile == "paper" else " (tiny world: comparable within the synthetic world only)"
     if args.study == "ablation":
-        t = tables.ablation_table(runs, methods, paper)
+        t = tables.ablation_table(runs, methods, paper, profile)
         tables.write_csv(t, args.out_ablation)
         figures.attention_figures(runs, uri, list(methods), args.out_attention)
     elif args.study == "sweep":
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                              reference={m: c for m, c in tables.CHANCES.items() if c in tables.display_metrics(t)}
                              or None)
     else:
-        t = tables.benchmark_table(runs, "dreambench", methods, paper, "main")
+        t = tables.benchmark_table(runs, "dreambench", methods, paper, "main", profile)
         tables.write_csv(t, args.out_main)
-        x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse")
+        x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse", profile)
         tables.write_csv(x, args.out_xversebench)
         print(x.to_string())
     print(t.to_string())
