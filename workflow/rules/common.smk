@@ -293,9 +293,10 @@ def base_overrides():
 
 
 def launcher(resources):
-    """The multi-GPU launch prefix (training.launch, with {gpus}), or plain Python for one process."""
-    gpus = int(getattr(resources, "gpu", 0) or 0)
-    return config["training"]["launch"].format(gpus=gpus, py="python") if gpus > 1 else "python"
+    """The launch prefix for the job's GPUs and nodes (workflow/lib/launch.py), or plain Python for one process."""
+    from workflow.lib.launch import launch_prefix
+
+    return launch_prefix(config["training"], getattr(resources, "gpu", 0), getattr(resources, "nodes", 1))
 
 
 # ---------------------------------------------------------------- the MLflow store
