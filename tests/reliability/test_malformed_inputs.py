@@ -241,19 +241,23 @@ def test_prompt_too_long(ds, tmp_path, capsys, caplog):
 
     enc = build_text_encoder("tiny")
     limit = enc.max_length
-    long = " and ".join(["a red striped star"] * 9) + " on a grey background"  # 48 words
+    # the sample's own subject phrases (the validator checks the prompt names them), then more subjects
+    phrases = " and ".join(ref["phrase"] for ref in record(ds, 1)["references"])
+    long = phrases + " and a red striped star" * 9 + " on a grey background"
+    words = len(long.split())
+    assert words > limit
     edit_record(ds, lambda r: r.update(prompt=long), i=1)
     before = snapshot(ds)
     rc, out = cli(capsys, "data", "validate", ds, "--flavour", "tiny")
-    assert rc == 1 and f"manifest.jsonl:2: prompt: too long for the text encoder: 48 words, the encoder keeps the " \
-                       f"first {limit}" in out, out
+    assert rc == 1 and f"manifest.jsonl:2: prompt: too long for the text encoder: {words} words, the encoder keeps " \
+                       f"the first {limit}" in out, out
     assert cli(capsys, "data", "validate", ds)[0] == 0  # without a flavour there is no limit to check
     assert snapshot(ds) == before
 
     caplog.set_level("WARNING", "mosaic.model.text")
     text, _ = enc.encode([long, "a red star"])
     assert enc.truncated == 1 and text.shape[1] == limit
-    assert f"prompt truncated (48 words, the encoder keeps the first {limit})" in caplog.text
+    assert f"prompt truncated ({words} words, the encoder keeps the first {limit})" in caplog.text
     caplog.clear()
     enc.encode([long, long])
     assert enc.truncated == 3 and not caplog.text  # warned once; later truncations are only counted
