@@ -25,7 +25,6 @@ import json
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from mosaic.runfolder import MANIFEST_FILE, atomic_dir
 from . import clip, dino, faces, hps, ipsim, mechanism  # noqa: F401  (register the metrics)
 from . import aes, dpg, unified_reward  # noqa: F401  (XVerseBench DPG and AES; UnifiedReward)
 from .manifest import Item, read_items
-from .registry import METRICS, Context, Metric, MetricUnavailable, Row
+from .registry import METRICS, Context, MetricUnavailable, Row
 
 TABLE, AGGREGATE, INFO = "metrics.csv", "aggregate.csv", "evaluation.json"
 ITEM_COLUMNS = ("benchmark", "scenario", "entry")
@@ -58,15 +57,6 @@ def select(cfg: dict[str, Any], names: list[str] | None) -> list[str]:
     if unknown:
         raise ValueError(f"unknown metric name(s) {', '.join(map(repr, unknown))}; known: {', '.join(METRICS)}")
     return list(names)
-
-
-def _configured_protocol(cls, cfg: dict[str, Any]) -> str:
-    """The protocol a metric's section names (validated as Metric.protocol does), without loading its model."""
-    view = SimpleNamespace(cfg=cfg, config_key=cls.config_key, protocols=cls.protocols, name=cls.name)
-    try:
-        return cls.protocol.fget(view)  # a metric's own rule (ID-Sim: the old `backend` key names it too)
-    except AttributeError:  # it reads more than the config: the contract's rule
-        return Metric.protocol.fget(view)
 
 
 def _unavailable_rows(cls, items: list[Item], reason: str) -> list[Row]:
@@ -109,7 +99,7 @@ def evaluate(items: list[Item], cfg: dict[str, Any], metrics: list[str] | None =
                 raise
             # not loaded: the configured protocol still names what the missing value stands for
             runners[name] = str(e)
-            identities[name] = {**dict.fromkeys(IDENTITY, ""), "protocol": _configured_protocol(cls, cfg),
+            identities[name] = {**dict.fromkeys(IDENTITY, ""), "protocol": cls.protocol_in(cfg),
                                 "world": str((cfg.get(cls.config_key) or {}).get("world", ""))}
     check_inputs(items)
     records = []

@@ -137,9 +137,9 @@ class IdSim(Metric):
         super().__init__(cfg, ctx)
         self.faces = load_faces(cfg, ctx, self.config_key)
 
-    @property
-    def protocol(self) -> str:
-        return protocol_of(section(self.cfg, self.config_key), self.config_key)
+    @classmethod
+    def protocol_in(cls, cfg: dict[str, Any]) -> str:
+        return protocol_of(section(cfg, cls.config_key), cls.config_key)
 
     def identity(self) -> dict[str, str]:
         return {"model": self.faces.model, "weights": self.faces.weights, "protocol": self.protocol,

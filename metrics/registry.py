@@ -50,15 +50,22 @@ class Metric:
     def __init__(self, cfg: dict[str, Any], ctx: "Context"):
         self.cfg, self.ctx = cfg, ctx
 
+    @classmethod
+    def protocol_in(cls, cfg: dict[str, Any]) -> str:
+        """The protocol `cfg`'s section names for this metric (the first of `protocols` if unset), read without
+        building the metric (a metric whose model cannot load still records it); ValueError naming the section
+        if unknown. A metric with its own rule (ID-Sim's old `backend` key) overrides this."""
+        sec = cfg.get(cls.config_key)
+        name = (sec or {}).get("protocol") or cls.protocols[0]
+        if name not in cls.protocols:
+            raise ValueError(f"metrics config section {cls.config_key!r}: protocol {name!r} is not one of "
+                             f"{', '.join(cls.protocols)} ({cls.name})")
+        return name
+
     @property
     def protocol(self) -> str:
-        """The section's `protocol` (the first of `protocols` if unset); ValueError naming the section if unknown."""
-        sec = self.cfg.get(self.config_key)
-        name = (sec or {}).get("protocol") or self.protocols[0]
-        if name not in self.protocols:
-            raise ValueError(f"metrics config section {self.config_key!r}: protocol {name!r} is not one of "
-                             f"{', '.join(self.protocols)} ({self.name})")
-        return name
+        """This metric's protocol: `protocol_in` of its config."""
+        return self.protocol_in(self.cfg)
 
     def identity(self) -> dict[str, str]:
         """Recorded with every row: `model`, `weights`, `protocol` (the name), `procedure` (what it does, in

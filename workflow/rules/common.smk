@@ -370,15 +370,20 @@ def own_env_table(metric, source, evalset):
     return f"{R}/evals_env/{metric}/{source}/evalset~{evalset}.csv"
 
 
+def own_env_tables(wc):
+    """The evaluation's rows scored in their own environments, merged by the evaluate job."""
+    return [own_env_table(m, wc.source, wc.evalset) for m in EVALSETS[wc.evalset]["metrics"] if m in OWN_ENV_METRICS]
+
+
 def evaluate_inputs(wc):
-    extra = [own_env_table(m, wc.source, wc.evalset) for m in EVALSETS[wc.evalset]["metrics"] if m in OWN_ENV_METRICS]
-    return {"samples": samples_dir(wc.source, wc.evalset), "metrics": metrics_config_file(), "extra": extra}
+    return {"samples": samples_dir(wc.source, wc.evalset), "metrics": metrics_config_file(),
+            "extra": own_env_tables(wc)}
 
 
 def evaluate_args(wc):
     e = EVALSETS[wc.evalset]
     main = [m for m in e["metrics"] if m not in OWN_ENV_METRICS]
-    extra = [own_env_table(m, wc.source, wc.evalset) for m in e["metrics"] if m in OWN_ENV_METRICS]
+    extra = own_env_tables(wc)
     args = [f"--evalset {wc.evalset}", f"--benchmark {e['benchmark']}", f"--scenario {e['scenario']}",
             "--metric-names " + ",".join(main)] + [f"--extra-table {t}" for t in extra]
     if e["family"] == "heldout":
