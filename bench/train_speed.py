@@ -1,7 +1,7 @@
 """Training speed of the tiny profile on this machine: lora mode (SCAL + MDL) vs base mode, K references.
 
 Runs the real trainer (DeepSpeed ZeRO-2, MLflow into a temporary sqlite store) on a synthetic
-dataset with exactly K references per sample and prints the median `step_time` it logged
+dataset with exactly K references per sample and prints the median `train/step_time` it logged
 (first steps excluded: warm-up) side by side.
 
     python bench/train_speed.py [--flavour tiny] [--k 4] [--steps 30] [--batch-size 1]
@@ -41,7 +41,7 @@ def main() -> None:
                 f"train.output_dir={tmp / mode}", f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
                 "train.checkpoint_every=0", "eval.enabled=false", f"tracking.tracking_uri={uri}",
                 f"tracking.experiment={mode}"]))
-            times = [m.value for m in MlflowClient(uri).get_metric_history(result.run_id, "step_time")][WARMUP:]
+            times = [m.value for m in MlflowClient(uri).get_metric_history(result.run_id, "train/step_time")][WARMUP:]
             rows.append((mode, statistics.median(times)))
     print(f"\nflavour={args.flavour} K={args.k} batch={args.batch_size} steps={args.steps} (median of the last "
           f"{args.steps - WARMUP}), torch threads={torch.get_num_threads()}")

@@ -52,7 +52,7 @@ def _paper(tmp_path, rows):
 
 
 # a paper-profile DreamBench evaluation: real CLIP-I label, the paper's protocol, every prompt of the protocol run
-PAPER_CELL = {"tags.label/CLIP-I": "CLIP-I", "tags.protocol/CLIP-I": "dreambench++", "metrics.prompts": 750.0,
+PAPER_CELL = {"tags.label/CLIP-I": "CLIP-I", "tags.protocol/CLIP-I": "dreambench++", "metrics.count/prompts": 750.0,
               "metrics.entries/total": 750.0}
 
 
@@ -79,7 +79,7 @@ def test_no_gap_in_another_world_protocol_or_subset(tmp_path):
     cases = {"tiny-world": {"tags.label/CLIP-I": "CLIP-I (tiny-world)"},
              "protocol": {"tags.protocol/CLIP-I": "laion"},
              "unrecorded": {"tags.protocol/CLIP-I": None},
-             "subset": {"metrics.prompts": 100.0}}
+             "subset": {"metrics.count/prompts": 100.0}}
     for case, extra in cases.items():
         runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench",
                            "extra": {**PAPER_CELL, **extra}}])
@@ -101,7 +101,7 @@ def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_pro
                                            ("AVG", 70.5))])
     methods = {"mosaic": {"paper": {"xverse": "MOSAIC"}}}
     base = {"metrics.entries/total": 90.0, "metrics.entries/runnable": 20.0, "metrics.entries/skipped": 70.0,
-            "metrics.prompts": 20.0, "metrics.img/ID-Sim": 55.0, "tags.label/ID-Sim": "ID-Sim",
+            "metrics.count/prompts": 20.0, "metrics.img/ID-Sim": 55.0, "tags.label/ID-Sim": "ID-Sim",
             "tags.protocol/ID-Sim": "xverse", "metrics.img/IP-Sim": math.nan, "tags.protocol/IP-Sim": "xverse",
             "tags.reasons/IP-Sim": "no animal or object reference: 20"}
     runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
@@ -115,7 +115,7 @@ def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_pro
     assert "ID-Sim: no paper gap: 20 of the protocol's 90 prompts run" in x["notes"]
     assert "IP-Sim: no animal or object reference: 20" in x["notes"] and "DPG: not measured" in x["notes"]
     # the whole protocol run under the paper's protocol: the gap is printed; another protocol: not
-    full = {**base, "metrics.prompts": 90.0}
+    full = {**base, "metrics.count/prompts": 90.0}
     runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
                        "extra": full}])
     single = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
@@ -160,7 +160,7 @@ def test_bounds_in_the_scaling_table_and_figure(tmp_path):
 def test_benchmark_table_counts_skipped_entries_and_keeps_reasons():
     runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0 + s, "benchmark": "xversebench",
                        "extra": {"metrics.entries/total": 90.0, "metrics.entries/skipped": 70.0,
-                                 "metrics.entries/runnable": 20.0, "metrics.prompts": 4.0,
+                                 "metrics.entries/runnable": 20.0, "metrics.count/prompts": 4.0,
                                  "metrics.img/IP-Sim": math.nan, "tags.reasons/IP-Sim": "no detector: 4"}}
                       for s in (0, 1)])
     x = tables.benchmark_table(runs, "xversebench", METHODS, None, "xverse")
@@ -322,7 +322,7 @@ def test_avg_and_overall_gaps_follow_their_parts_protocols_and_prompts(tmp_path)
     def table(id_protocol="xverse", prompts=None):
         rows = []
         for scenario, total in (("single", 90.0), ("multi", 210.0)):
-            extra = {"metrics.entries/total": total, "metrics.prompts": prompts or total}
+            extra = {"metrics.entries/total": total, "metrics.count/prompts": prompts or total}
             for m in parts:
                 extra.update({f"metrics.img/{m}": 80.0, f"tags.label/{m}": m,
                               f"tags.protocol/{m}": id_protocol if m == "ID-Sim" else "xverse"})

@@ -71,7 +71,7 @@ def test_two_step_zero2_logs_to_mlflow_and_exports_a_loadable_lora(tmp_path, dat
                 "version.deepspeed", "version.mlflow"):
         assert run.data.tags.get(tag), tag
     assert run.data.tags["variant"] == "scal"
-    for key in ("loss/diff", "loss/scal", "loss/mdl", "lr", "step_time"):
+    for key in ("loss/diff", "loss/scal", "loss/mdl", "train/lr", "train/step_time"):
         hist = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in hist] == [1, 2] and all(math.isfinite(m.value) for m in hist), key
     assert 0 <= run.data.metrics["mech/alignment_acc"] <= 1 and 0 <= run.data.metrics["mech/leakage"] <= 1

@@ -7,6 +7,8 @@ run id is stored in the output folder and reused. Metrics are buffered and writt
 batches so logging does not slow the training loop. Every store call is retried while the sqlite
 store is locked by another job (mosaic.tracking.retry); creating the run is the one write that is not
 idempotent, so a retried create first looks for the run an earlier attempt may have committed.
+Experiments it creates, or finds without a kind, are marked as model-training experiments
+(`mark_model_training`), MLflow 3's record of what an experiment holds (it is not GenAI traces).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from ..runfolder import RUN_ID_FILE, atomic_write
 from . import retry
 
 CREATE_TAG = "mosaic.create_id"  # tells a retried create_run which run its earlier attempt made
+# MLflow 3's experiment kind (mlflow/server/js: ExperimentKind; the UI's "Machine learning" kind)
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 PACKAGES = ("torch", "diffusers", "peft", "deepspeed", "mlflow", "transformers")
 
 
@@ -65,6 +69,13 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+def mark_model_training(client, experiment) -> None:
+    """Tag `experiment` (an mlflow Experiment) as model training unless it has a kind; safe to repeat."""
+    if KIND_TAG not in experiment.tags:
+        retry.call(client.tracking_uri, f"tag experiment {experiment.name!r}", client.set_experiment_tag,
+                   experiment.experiment_id, KIND_TAG, MODEL_TRAINING)
+
+
 class RunLogger:
     """One MLflow run per output folder: `start` creates it or reopens the stored one."""
 
@@ -82,15 +93,16 @@ class RunLogger:
         from mlflow.exceptions import MlflowException
 
         exp = self._call("get_experiment_by_name", self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self._call("create_experiment", self.experiment, artifact_location=_artifact_location(self.uri))
-        except MlflowException:  # created meanwhile by a concurrent run
-            exp = self._call("get_experiment_by_name", self.experiment)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp is None:
+            try:
+                return self._call("create_experiment", self.experiment, tags={KIND_TAG: MODEL_TRAINING},
+                                  artifact_location=_artifact_location(self.uri))
+            except MlflowException:  # created meanwhile by a concurrent run
+                exp = self._call("get_experiment_by_name", self.experiment)
+                if exp is None:
+                    raise
+        mark_model_training(self.client, exp)
+        return exp.experiment_id
 
     def start(self, run_name: str | None, params: dict[str, Any], tags: dict[str, str], step: int) -> str:
         """Reopen the run recorded in the output folder, or create one and log `params` to it."""

@@ -2,16 +2,19 @@
 
 Why it exists: parallel jobs racing on a fresh sqlite store's schema migration break it, so the
 store (sqlite + artifacts under one folder) and its experiments are created once, before any
-job (`ensure_store`, the Snakefile's `onstart`). Jobs then only add runs. A training logs into
-its own run folder's store (it keeps its per-step metrics there); `copy_run` copies that run
-(params, tags, every metric's full history, artifacts) into a study's experiment, and
-`log_record` logs an evaluation record. Both are idempotent through the `wf_key` tag: logging a
-key again first deletes the runs logged under it before, so a rerun never duplicates runs and a
-deleted store is rebuilt by logging again from the run folders. The workflow names each store by a
-generation id (file `generation`, renewed when the store is missing) and passes it to every job
-that logs into the store, so those jobs rerun when the store is new (`check_generation`). Every
-store call is retried while another job holds the sqlite lock (mosaic.tracking.retry); `_replace` (delete the
-key's runs, create one) is retried as a whole, so a run an earlier attempt created is deleted again.
+job (`ensure_store`, the Snakefile's `onstart`), as model-training experiments (MLflow 3's
+experiment kind, mosaic.tracking.run.mark_model_training). Jobs then only add runs. A training logs
+into its own run folder's store (it keeps its per-step metrics there); `copy_run` copies that run
+(params, tags, every metric's full history, artifacts, its start and end times) into a study's
+experiment, and `log_record` logs an evaluation record (over the evaluation's own start and end times
+when the record has them; the caller's tags nest it under its training run). Both are idempotent
+through the `wf_key` tag: logging a key again first deletes the runs logged under it before, so a
+rerun never duplicates runs and a deleted store is rebuilt by logging again from the run folders. The
+workflow names each store by a generation id (file `generation`, renewed when the store is missing)
+and passes it to every job that logs into the store, so those jobs rerun when the store is new
+(`check_generation`). Every store call is retried while another job holds the sqlite lock
+(mosaic.tracking.retry); `_replace` (delete the key's runs, create one) is retried as a whole, so a
+run an earlier attempt created is deleted again.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import retry
-from .run import CREATE_TAG
+from .run import CREATE_TAG, KIND_TAG, MODEL_TRAINING, mark_model_training
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -43,8 +46,12 @@ def ensure_store(root: str | os.PathLike, experiments: list[str]) -> str:
     client = retry.client(uri)  # opening the store runs the schema migration
 
     def create(name: str) -> None:
-        if client.get_experiment_by_name(name) is None:
-            client.create_experiment(name, artifact_location=(root / "artifacts" / name).resolve().as_uri())
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            client.create_experiment(name, artifact_location=(root / "artifacts" / name).resolve().as_uri(),
+                                     tags={KIND_TAG: MODEL_TRAINING})
+        else:  # a store made before experiments had a kind
+            mark_model_training(client, exp)
 
     for name in experiments:
         retry.call(uri, f"create experiment {name!r}", create, name)
@@ -77,14 +84,16 @@ def _experiment_id(client, name: str) -> str:
     return exp.experiment_id
 
 
-def _replace(client, experiment: str, key: str, run_name: str, tags: dict[str, str]) -> str:
-    """Delete the runs logged under `key` before; start a new one tagged with it."""
+def _replace(client, experiment: str, key: str, run_name: str, tags: dict[str, str],
+             start_time: int | None = None) -> str:
+    """Delete the runs logged under `key` before; start a new one tagged with it (started at `start_time`, ms)."""
     exp_id = _experiment_id(client, experiment)
 
     def attempt() -> str:  # repeated whole: a run that a failed attempt created is deleted again
         for old in client.search_runs([exp_id], filter_string=f"tags.{KEY_TAG} = '{key}'"):
             client.delete_run(old.info.run_id)
-        return client.create_run(exp_id, run_name=run_name, tags={**tags, KEY_TAG: key}).info.run_id
+        return client.create_run(exp_id, start_time=start_time, run_name=run_name,
+                                 tags={**tags, KEY_TAG: key}).info.run_id
 
     return retry.call(client.tracking_uri, f"replace run {key!r}", attempt)
 
@@ -102,40 +111,56 @@ def _log_batch(client, run_id: str, params=(), tags=(), metrics=()) -> None:
 
 def copy_run(src_uri: str, src_run_id: str, dst_uri: str, experiment: str, key: str,
              tags: dict[str, str] | None = None) -> str:
-    """Copy a finished run (params, tags, full metric histories, artifacts) into `experiment` of the store at
-    `dst_uri`, tagged `source_run_id`, `source_store` and `tags`; returns the new run id."""
+    """Copy a finished run (params, tags, full metric histories, artifacts, start and end times) into
+    `experiment` of the store at `dst_uri`, tagged `source_run_id`, `source_store` and `tags`; returns the new
+    run id."""
     from mlflow.entities import Param
 
     src, dst = _client(src_uri), _client(dst_uri)
     run = _call(src, "get_run", src_run_id)
     own = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k != CREATE_TAG}
     run_id = _replace(dst, experiment, key, run.info.run_name,
-                      {**own, **(tags or {}), "source_run_id": src_run_id, "source_store": src_uri})
+                      {**own, **(tags or {}), "source_run_id": src_run_id, "source_store": src_uri},
+                      run.info.start_time)
     history = [m for name in run.data.metrics for m in _call(src, "get_metric_history", src_run_id, name)]
     _log_batch(dst, run_id, params=[Param(k, v) for k, v in run.data.params.items()], metrics=history)
     with tempfile.TemporaryDirectory() as tmp:
         if _call(src, "list_artifacts", src_run_id):
             local = _call(src, "download_artifacts", src_run_id, "", tmp)
             _call(dst, "log_artifacts", run_id, local)
-    _call(dst, "set_terminated", run_id, status=run.info.status)
+    _call(dst, "set_terminated", run_id, status=run.info.status, end_time=run.info.end_time)
     return run_id
 
 
 def log_record(uri: str, experiment: str, key: str, run_name: str, record: dict[str, Any], folder: Path,
                tags: dict[str, str] | None = None) -> str:
-    """Log an evaluation record ({"metrics", "params", "tags", "artifacts": paths relative to `folder`})."""
+    """Log an evaluation record ({"metrics", "params", "tags", "artifacts": paths relative to `folder`,
+    optional "start_time" and "end_time": ms since the epoch}) as a run over the record's own times (else the
+    time of logging)."""
     import time
 
     from mlflow.entities import Metric, Param
 
     client = _client(uri)
     now = int(time.time() * 1000)
-    run_id = _replace(client, experiment, key, run_name, {**record.get("tags", {}), **(tags or {})})
+    start, end = record_times(record, Path(folder) / "record.json") or (now, None)
+    run_id = _replace(client, experiment, key, run_name, {**record.get("tags", {}), **(tags or {})}, start)
     _log_batch(client, run_id, params=[Param(k, str(v)[:6000]) for k, v in record.get("params", {}).items()],
-               metrics=[Metric(k, float(v), now, 0) for k, v in record.get("metrics", {}).items()])
+               metrics=[Metric(k, float(v), end or now, 0) for k, v in record.get("metrics", {}).items()])
     for rel in record.get("artifacts", []):
         path = Path(folder) / rel
         folder_in_run = str(Path(rel).parent) if Path(rel).parent != Path(".") else None
         _call(client, "log_artifact", run_id, str(path), folder_in_run)
-    _call(client, "set_terminated", run_id, status="FINISHED")
+    _call(client, "set_terminated", run_id, status="FINISHED", end_time=end)
     return run_id
+
+
+def record_times(record: dict[str, Any], where: str | os.PathLike) -> tuple[int, int] | None:
+    """(start_time, end_time) of a record, ms since the epoch, checked; None if it has neither."""
+    if "start_time" not in record and "end_time" not in record:
+        return None
+    times = tuple(record.get(k) for k in ("start_time", "end_time"))
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in times) or times[1] <= times[0]:
+        raise ValueError(f"{where}: fields start_time, end_time must be ms since the epoch with end_time > "
+                         f"start_time, got {times[0]!r}, {times[1]!r}")
+    return times

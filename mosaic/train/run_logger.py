@@ -28,8 +28,9 @@ def start_logger(cfg: Config, out: Path, step: int, world: int, device: torch.de
 
 def log_step(logger: RunLogger, losses: dict[str, torch.Tensor], lr: float, started: float, step: int,
              log_every: int) -> None:
-    """The step's losses, learning rate and wall time (buffered; flushed every `log_every` steps)."""
-    m = {k if k == "beta" else f"loss/{k}": v.item() for k, v in losses.items()}
-    logger.log_metrics({**m, "lr": lr, "step_time": time.perf_counter() - started}, step)
+    """The step's losses ("loss/..."), MDL weight, learning rate and wall time ("train/...": names grouped by
+    prefix, as the MLflow UI shows them); buffered, flushed every `log_every` steps."""
+    m = {f"train/{k}" if k == "beta" else f"loss/{k}": v.item() for k, v in losses.items()}
+    logger.log_metrics({**m, "train/lr": lr, "train/step_time": time.perf_counter() - started}, step)
     if step % log_every == 0:
         logger.flush()

@@ -269,11 +269,11 @@ def _overall_identity(table: pd.DataFrame) -> pd.DataFrame:
 def add_coverage(table: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """`n run / n in protocol` per row: the prompts its runs generated / the benchmark protocol's entries (runnable
     or not), where the runs logged both (benchmark evaluations); other rows get NaN."""
-    if "metrics.entries/total" not in runs or "metrics.prompts" not in runs:
+    if "metrics.entries/total" not in runs or "metrics.count/prompts" not in runs:
         return table
     table = table.copy()
-    per = runs.groupby([f"tags.{b}" for b in by], sort=False, dropna=False)[["metrics.prompts",
-                                                                             "metrics.entries/total"]].max()
+    per = runs.groupby([f"tags.{b}" for b in by], sort=False, dropna=False)[
+        ["metrics.count/prompts", "metrics.entries/total"]].max()
     cells = []
     for key in zip(*(table[b] for b in by)):
         run, total = per.loc[key] if key in per.index else (float("nan"), float("nan"))

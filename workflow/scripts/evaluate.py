@@ -8,8 +8,11 @@ Writes into DIR (renamed into place when complete): eval/ (metrics.evaluate tabl
 the held-out alignment accuracy and leakage (workflow/scripts/sample.py), and record.json:
 {"metrics", "params", "tags", "artifacts"}. Image metrics are the means over (image, reference)
 pairs ("img/<metric>") and over images of the minimum over references ("img/<metric>.min");
-mechanism shares are in % ("mech/..."); the reasons of NaN values and protocol zeros are tags, and so
-are each metric's protocol name (`protocol/<metric>`, e.g. "dreambench++") and procedure in words.
+mechanism shares are in % ("mech/..."); the images and prompts sampled are "count/images" and
+"count/prompts"; the reasons of NaN values and protocol zeros are tags, and so are each metric's
+protocol name (`protocol/<metric>`, e.g. "dreambench++") and procedure in words. "start_time" and
+"end_time" (ms since the epoch) are this evaluation's own, the MLflow run's duration (the sampling job's
+time is in its Snakemake benchmark file: it is another job, run at another time).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluation-table rows scored in another environment (metrics.hps for HPSv3); repeatable")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
+    started = time.time_ns() // 1_000_000
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -98,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_dir(args.out, overwrite=True) as tmp:
         metrics, tags = image_metrics(args.samples, cfg, args.metric_names.split(","), tmp / "eval",
                                       args.extra_table)
-        metrics["images"] = float(len(lines))
-        metrics["prompts"] = float(len({rec.get("entry", rec["id"]) for rec in lines}))
+        metrics["count/images"] = float(len(lines))
+        metrics["count/prompts"] = float(len({rec.get("entry", rec["id"]) for rec in lines}))
         artifacts = ["eval/aggregate.csv", "eval/metrics.csv", "sheet.png"]
         mech = mechanism(args.samples)
         if mech:
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                      "n": str(args.n) if args.n is not None else "", "samples_dir": str(args.samples.resolve()),
                      "sample_seeds": ",".join(map(str, seeds)), **provenance()},
             "artifacts": artifacts,
+            "start_time": started, "end_time": time.time_ns() // 1_000_000,
         }
         (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
     print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -4,8 +4,12 @@
         [--train RUN_DIR] [--evals EVAL_DIR ...] [--evaluators DIR] --tags JSON --out MARKER.json
 
 The training run is copied from the run folder's own store (mosaic.tracking.store.copy_run); each
-evaluation record becomes a run tagged kind=eval with the training's new run id (train_run_id).
-The marker lists the run ids; it is written last, so a failed job leaves none.
+evaluation record becomes a run tagged kind=eval with the training's new run id (train_run_id), over
+the evaluation job's own start and end times (record.json), nested under the training run in the UI
+(tag mlflow.parentRunId). Evaluations without a training (the bounds) stay top-level runs: a bound is
+a reference point beside the trained methods, not a result of one. The evaluators' check values are
+logged under "evaluators/" so the UI groups them. The marker lists the run ids; it is written last, so
+a failed job leaves none.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's nested runs: the UI lists a run under its parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      "run_dir": str(args.train.resolve())})
     if args.evaluators is not None:
         validation = json.loads((args.evaluators / "validation.json").read_text())
-        record = {"metrics": {k: v for k, v in validation.items() if isinstance(v, (int, float))},
+        record = {"metrics": {f"evaluators/{k}": v for k, v in validation.items() if isinstance(v, (int, float))},
                   "params": {k: v for k, v in validation.items() if not isinstance(v, (int, float))},
                   "artifacts": ["validation.json", "metrics_config.json"]}
         from mosaic.tracking.run import provenance  # this checkout: the one that trained them
@@ -51,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                                                {**tags, **provenance(), "kind": "evaluators"})
     for folder in args.evals:
         record = json.loads((folder / "record.json").read_text())
+        if ms.record_times(record, folder / "record.json") is None:
+            raise ValueError(f"{folder / 'record.json'}: no start_time / end_time (an evaluation written before "
+                             f"they were recorded): run its evaluation again (snakemake --forcerun evaluate)")
         link = {"train_run_id": marker["train_run_id"] or "", "kind": "eval", "eval_dir": str(folder.resolve())}
+        if args.train is not None:
+            link[PARENT_TAG] = marker["train_run_id"]
         evalset = record["tags"]["evalset"]
         marker["eval_run_ids"][evalset] = ms.log_record(uri, args.experiment, f"eval:{folder}", f"{name}/{evalset}",
                                                         record, folder, {**tags, **link})
