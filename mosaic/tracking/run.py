@@ -8,7 +8,9 @@ batches so logging does not slow the training loop. Every store call is retried 
 store is locked by another job (mosaic.tracking.retry); creating the run is the one write that is not
 idempotent, so a retried create first looks for the run an earlier attempt may have committed.
 Experiments it creates, or finds without a kind, are marked as model-training experiments
-(`mark_model_training`), MLflow 3's record of what an experiment holds (it is not GenAI traces).
+(`mark_model_training`), MLflow 3's record of what an experiment holds (it is not GenAI traces). The UI
+of MLflow 3.17 picks its view from its own GenAI / Model training switch (remembered by the browser, or
+`?workflowType=machine_learning` in the URL), not from this tag.
 """
 from __future__ import annotations
 
