@@ -82,9 +82,11 @@ def test_copy_run_keeps_the_start_and_end_times(tmp_path):
     dst = ms.ensure_store(tmp_path / "mlflow", ["ablation"])
     new = ms.copy_run(ms.store_uri(tmp_path / "run"), src_id, dst, "ablation", "train:run")
     info = MlflowClient(dst).get_run(new).info
-    assert (info.start_time, info.end_time, info.status) == (T0, T0 + HOUR, "FINISHED")
-    again = ms.copy_run(ms.store_uri(tmp_path / "run"), src_id, dst, "ablation", "train:run")  # a relog
-    assert MlflowClient(dst).get_run(again).info.start_time == T0
+    assert (info.start_time, info.end_time, info.status, info.run_name) == (T0, T0 + HOUR, "FINISHED", "mosaic")
+    again = ms.copy_run(ms.store_uri(tmp_path / "run"), src_id, dst, "ablation", "train:run",
+                        run_name="mosaic-2-0")  # a relog, named as the workflow names it (method-ktrain-seed)
+    info = MlflowClient(dst).get_run(again).info
+    assert (info.start_time, info.run_name) == (T0, "mosaic-2-0")
 
 
 def eval_folder(folder: Path, start: int | None, end: int | None, evalset: str = "heldout-k2") -> Path:

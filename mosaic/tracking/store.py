@@ -110,16 +110,16 @@ def _log_batch(client, run_id: str, params=(), tags=(), metrics=()) -> None:
 
 
 def copy_run(src_uri: str, src_run_id: str, dst_uri: str, experiment: str, key: str,
-             tags: dict[str, str] | None = None) -> str:
+             tags: dict[str, str] | None = None, run_name: str | None = None) -> str:
     """Copy a finished run (params, tags, full metric histories, artifacts, start and end times) into
-    `experiment` of the store at `dst_uri`, tagged `source_run_id`, `source_store` and `tags`; returns the new
-    run id."""
+    `experiment` of the store at `dst_uri`, tagged `source_run_id`, `source_store` and `tags`, named `run_name`
+    (default: the source run's name); returns the new run id."""
     from mlflow.entities import Param
 
     src, dst = _client(src_uri), _client(dst_uri)
     run = _call(src, "get_run", src_run_id)
     own = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k != CREATE_TAG}
-    run_id = _replace(dst, experiment, key, run.info.run_name,
+    run_id = _replace(dst, experiment, key, run_name or run.info.run_name,
                       {**own, **(tags or {}), "source_run_id": src_run_id, "source_store": src_uri},
                       run.info.start_time)
     history = [m for name in run.data.metrics for m in _call(src, "get_metric_history", src_run_id, name)]

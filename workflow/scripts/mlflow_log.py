@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         src_id = (args.train / RUN_ID_FILE).read_text().strip()
         marker["train_run_id"] = ms.copy_run(ms.store_uri(args.train), src_id, uri, args.experiment,
                                              f"train:{args.train}", {**tags, "kind": "train",
-                                                                     "run_dir": str(args.train.resolve())})
+                                                                     "run_dir": str(args.train.resolve())},
+                                             run_name=name or None)  # method-ktrain-seed, as its evaluations
     if args.evaluators is not None:
         validation = json.loads((args.evaluators / "validation.json").read_text())
         record = {"metrics": {f"evaluators/{k}": v for k, v in validation.items() if isinstance(v, (int, float))},
