@@ -42,6 +42,7 @@ include: "workflow/rules/baselines.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/gallery.smk"
 include: "workflow/rules/artefacts.smk"
 
 
