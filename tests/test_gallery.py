@@ -241,6 +241,7 @@ def check_in_browser(page_path, shot=None):
         broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0))"
                                ".map(i => i.getAttribute('src'))")
         assert page.evaluate("document.images.length") > 0 and broken == []
+        assert not page.is_visible("#unlinked")  # the warning of a page away from its results folder
 
         def visible(sel=".card"):
             return page.evaluate("sel => [...document.querySelectorAll(sel)].filter(e => e.checkVisibility())"
@@ -286,7 +287,7 @@ def _shot(name):
     return None
 
 
-def test_the_small_gallery_in_a_browser(small):
+def test_the_small_gallery_in_a_browser(small, tmp_path):
     work, uri = small
     out = work / "results" / "gallery" / "index.html"
     gallery.build(uri, ["ablation", "scaling"], work / "results" / "mlflow", work / "results", out,
@@ -294,6 +295,13 @@ def test_the_small_gallery_in_a_browser(small):
     cards = check_in_browser(out)
     assert cards == [[["ceiling", ""], ["none", "0"], ["none", "1"], ["mosaic", "0"], ["mosaic", "1"],
                       ["floor", ""]]] * 2
+    alone = tmp_path / "index.html"  # the page without its results folder (as in the Snakemake report) says so
+    shutil.copy(out, alone)
+    with browser() as b:
+        page = b.new_page()
+        page.goto(alone.as_uri())
+        page.wait_for_load_state("load")
+        assert page.is_visible("#unlinked") and "open results/gallery/index.html" in page.inner_text("#unlinked")
 
 
 @pytest.mark.slow

@@ -266,13 +266,13 @@ header h1{font-size:16px;margin:0 0 4px}header p{margin:2px 0;color:#555}header 
 h2{font-size:15px;margin:14px 12px 4px}.row{margin:6px 12px;padding:6px 8px;background:#fff;border:1px solid #ddd}
 .prompt{font-weight:600;margin-bottom:4px}.entry{color:#888;font-weight:400;margin-right:6px}
 .cells{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}.sep{border-left:2px solid #999;align-self:stretch}
-figure{margin:0;width:150px;font-size:11px}figure img{width:128px;height:128px;object-fit:contain;background:#eee;
+figure{margin:0;width:164px;font-size:11px}figure img{width:128px;height:128px;object-fit:contain;background:#eee;
 display:block}figure.ref img{width:64px;height:64px}figure.ref{width:72px}figure.truth img{outline:2px solid #2a7}
 table.m{border-collapse:collapse;margin-top:2px}table.m th{text-align:left;font-weight:500;padding-right:4px;white-space:nowrap;vertical-align:top}
 .missing{width:128px;height:128px;background:#fdd;color:#900;font-size:10px;overflow:hidden}
 details.attn summary{cursor:pointer;color:#226}.ov{position:relative;width:128px;height:142px;margin-top:3px}
 .ov img{position:absolute;top:0;left:0}.ov img.map{mix-blend-mode:multiply;opacity:.75}
-.ov span{position:absolute;top:129px;left:0;white-space:nowrap}[hidden]{display:none!important}"""
+.ov span{position:absolute;top:129px;left:0;white-space:nowrap}.warn{color:#900;font-weight:600}[hidden]{display:none!important}"""
 
 JS = """(function(){
 const sels=[...document.querySelectorAll('select[data-filter]')];
@@ -288,6 +288,8 @@ function apply(){const want=sels.filter(s=>s.value).map(s=>[s.dataset.filter,s.v
 sels.forEach(s=>s.addEventListener('change',apply));
 document.getElementById('attention').addEventListener('change',e=>
   document.querySelectorAll('details.attn').forEach(d=>{d.open=e.target.checked;}));
+window.addEventListener('load',()=>{
+  document.getElementById('unlinked').hidden=[...document.images].every(i=>i.naturalWidth>0);});
 apply();})();"""
 
 
@@ -313,6 +315,8 @@ def render(rows: list[Row], page: str | os.PathLike, source: str = "") -> str:
                         + "</section>")
     missing = sum(p is None for r in rows for p in [*(p for p, _ in r.references), *(c.image for c in r.cards)])
     note = f'<p class="warn">{missing} images not found (marked in red)</p>' if missing else ""
+    note += ('<p class="warn" id="unlinked" hidden>Some images did not load: this page links them from its results '
+             "folder (e.g. a copy inside the Snakemake report has none); open results/gallery/index.html there.</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>MOSAIC comparison gallery</title>"
             f"<style>{CSS}</style></head><body><header><h1>MOSAIC comparison gallery</h1>"
             f"<p>{len(rows)} prompts, {len(cards)} images (<span id=\"shown\">{len(cards)}</span> shown) from the "

@@ -18,7 +18,9 @@ rule gallery:
         ENV
     params:
         studies=" ".join(STUDIES),
-        methods=json.dumps(list(METHODS)),
+        # the studies' own order (bounds first and last), then the sweep's cells
+        methods=json.dumps(list(dict.fromkeys([m for s in STUDIES for m in config["studies"][s].get("methods", [])]
+                                              + list(METHODS)))),
         generation=GENERATION,
         store=STORE,
         results=R,
