@@ -22,8 +22,8 @@ rule gallery:
         methods=json.dumps(list(dict.fromkeys([m for s in STUDIES for m in config["studies"][s].get("methods", [])]
                                               + list(METHODS)))),
         generation=GENERATION,
-        store=STORE,
-        results=R,
+        store=lambda wc, input: input.markers[0].split("/logged/")[0],  # the markers live inside the store folder
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),  # <results>/gallery/index.html
     shell:
         "python {input.code[0]} --store {params.store} --generation {params.generation} --results {params.results}"
         " --experiments {params.studies} --methods {params.methods:q} --out {output} > {log} 2>&1"
