@@ -235,7 +235,7 @@ def check_in_browser(page_path, shot=None):
     """What a person checks: every image loads, a row shows one image per method x seed of the store, the
     filters change what is shown, the attention maps appear on demand. Returns the cards per row."""
     with browser() as b:
-        page = b.new_page(viewport={"width": 1400, "height": 900})
+        page = b.new_page(viewport={"width": 1600, "height": 900})
         page.goto(Path(page_path).resolve().as_uri())
         page.wait_for_load_state("load")
         broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0))"
