@@ -1,7 +1,7 @@
 # MOSAIC harness workflow: a thin root; the rules live in workflow/rules/ by topic.
 #
 #   snakemake --cores all results/ablation.csv                        # the tiny profile (default)
-#   snakemake --cores all                                             # every table and figure
+#   snakemake --cores all                                             # every table, figure and the gallery
 #   snakemake -n --configfile workflow/config/paper.yaml              # the paper profile's DAG
 #   snakemake --workflow-profile workflow/profiles/slurm              # the paper profile on SLURM
 #   snakemake --report results/report.html
@@ -42,6 +42,7 @@ include: "workflow/rules/baselines.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/gallery.smk"
 include: "workflow/rules/artefacts.smk"
 
 

@@ -58,6 +58,7 @@ def test_tiny_dry_run_builds_every_study():
               for e in s["evalsets"]}
     assert stats["sample_bound"] == len(bounds) > 0  # once per (bound, evaluation set), whichever studies share it
     assert {f"tables_{s}" for s in TINY["studies"]} <= set(stats)
+    assert stats["gallery"] == 1  # the comparison gallery of every study (default target)
     # one (study, training) log job each: the studies' grids, trainings counted once per study
     bound = lambda m: bool(TINY["methods"][m].get("bound"))  # noqa: E731  logged once per study, not per seed
     per_study = sum(sum(1 if bound(m) else len(s["ktrain"]) * len(s["seeds"]) for m in s["methods"]) if n != "sweep"

@@ -320,8 +320,12 @@ def write_generation():
         atomic_write(path, GENERATION)
 
 
+GALLERY = f"{R}/gallery/index.html"  # the comparison gallery of every study's images (gallery.smk)
+
+
 def all_targets():
-    return [f"{R}/figures/data_preview.png"] + [p for s in STUDIES for p in TABLE_OUTPUTS[s].values()]
+    return ([f"{R}/figures/data_preview.png"] + [p for s in STUDIES for p in TABLE_OUTPUTS[s].values()]
+            + ([GALLERY] if STUDIES else []))
 
 
 # ---------------------------------------------------------------- per-rule helpers
