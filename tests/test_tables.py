@@ -30,7 +30,7 @@ def test_ablation_mean_std_over_seeds_and_n_with_run_ids():
     runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": c, "align": 10 * c}
                       for m, base in (("mosaic", 70), ("none", 60)) for s in (0, 1) for n in (2, 4)
                       for c in [base + s + n / 2]])
-    t = tables.ablation_table(runs, METHODS)
+    t = tables.ablation_table(tables.tidy(runs), METHODS)
     assert list(t["method"]) == ["none", "mosaic"]  # the config's order
     row = t.set_index("method").loc["mosaic"]
     values = [70 + s + n / 2 for s in (0, 1) for n in (2, 4)]
@@ -63,7 +63,7 @@ def test_paper_values_and_gaps_only_where_reported(tmp_path):
                       {"method": "mosaic", "seed": 0, "n": 2, "clip": 50.0, "extra": PAPER_CELL},
                       {"method": "none", "seed": 0, "clip": 60.0, "benchmark": "dreambench", "scenario": "single",
                        "extra": PAPER_CELL}])
-    t = tables.ablation_table(runs, METHODS, paper).set_index(["method", "benchmark", "scenario"])
+    t = tables.ablation_table(tables.tidy(runs), METHODS, paper).set_index(["method", "benchmark", "scenario"])
     assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I paper"] == 76.3
     assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I gap"] == pytest.approx(70.0 - 76.3)
     assert t.loc[("mosaic", "dreambench", "multi"), tables.COVERAGE] == "750 / 750"
@@ -83,7 +83,7 @@ def test_no_gap_in_another_world_protocol_or_subset(tmp_path):
     for case, extra in cases.items():
         runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench",
                            "extra": {**PAPER_CELL, **extra}}])
-        row = tables.ablation_table(runs, METHODS, paper).iloc[0]
+        row = tables.ablation_table(tables.tidy(runs), METHODS, paper).iloc[0]
         name = row.filter(like=" paper").index[0][: -len(" paper")]
         assert row[f"{name} paper"] == 76.3 and math.isnan(row[f"{name} gap"]), case
         assert "CLIP-I: no paper gap: " in row["notes"], case
@@ -91,7 +91,7 @@ def test_no_gap_in_another_world_protocol_or_subset(tmp_path):
                     "unrecorded": "'(not recorded)'", "subset": "100 of the protocol's 750 prompts run"}[case]
         assert expected in row["notes"], (case, row["notes"])
     runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench", "extra": PAPER_CELL}])
-    row = tables.ablation_table(runs, METHODS, paper, profile="tiny").iloc[0]  # the tiny profile: never a gap
+    row = tables.ablation_table(tables.tidy(runs), METHODS, paper, profile="tiny").iloc[0]  # the tiny profile: never a gap
     assert math.isnan(row["CLIP-I gap"]) and "tiny profile" in row["notes"]
 
 
@@ -106,7 +106,7 @@ def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_pro
             "tags.reasons/IP-Sim": "no animal or object reference: 20"}
     runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
                        "extra": base} for s in (0, 1)])
-    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
     assert x[tables.COVERAGE] == "20 / 90"
     for m in ("DPG", "ID-Sim", "IP-Sim", "AES", "AVG"):  # every paper column, measured or not
         assert f"{m} paper" in x and math.isnan(x[f"{m} gap"]), m
@@ -118,23 +118,23 @@ def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_pro
     full = {**base, "metrics.prompts": 90.0}
     runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
                        "extra": full}])
-    single = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    single = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
     assert single["ID-Sim gap"] == pytest.approx(55.0 - 60.2)
     runs["tags.protocol/ID-Sim"] = "insightface"
-    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
     assert math.isnan(x["ID-Sim gap"]) and "protocol 'insightface', the paper's is 'xverse'" in x["notes"]
 
 
 def test_scaling_and_sweep_group_keys():
     runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": 50 + n + s} for m in ("mosaic", "none")
                       for s in (0, 1) for n in (2, 3)])
-    t = tables.scaling_table(runs, ["mosaic", "none"])
+    t = tables.scaling_table(tables.tidy(runs), ["mosaic", "none"])
     assert list(zip(t["method"], t["n"])) == [("mosaic", 2), ("mosaic", 3), ("none", 2), ("none", 3)]
     assert t["CLIP-I (tiny-world) mean"].tolist() == [52.5, 53.5, 52.5, 53.5]
     assert tables.display_metrics(t) == ["CLIP-I (tiny-world)"]
     sweep = eval_runs([{"method": "x", "seed": 0, "n": 4, "clip": a * 10 + b,
                         "extra": {"tags.alpha": str(a), "tags.beta": str(b)}} for a in (0.0, 1.0) for b in (0.0, 0.6)])
-    s = tables.sweep_table(sweep)
+    s = tables.sweep_table(tables.tidy(sweep))
     assert list(zip(s["alpha"], s["beta"])) == [(0.0, 0.0), (0.0, 0.6), (1.0, 0.0), (1.0, 0.6)]
     assert s["CLIP-I (tiny-world) mean"].tolist() == [0.0, 0.6, 10.0, 10.6]
 
@@ -149,7 +149,7 @@ def test_bounds_in_the_scaling_table_and_figure(tmp_path):
     bounds = runs["tags.method"].isin(["ceiling", "floor"])
     runs.loc[bounds, "tags.ktrain"] = None
     runs.loc[bounds, "tags.seed"] = None
-    t = tables.scaling_table(runs, ["ceiling", "mosaic", "floor"])
+    t = tables.scaling_table(tables.tidy(runs), ["ceiling", "mosaic", "floor"])
     assert list(t["method"].unique()) == ["ceiling", "mosaic", "floor"]
     assert t.set_index("method").loc["ceiling", "ktrain"].tolist() == [0, 0]
     assert t.set_index("method").loc["floor", "CLIP-I (tiny-world) mean"].tolist() == [10, 10]
@@ -163,11 +163,11 @@ def test_benchmark_table_counts_skipped_entries_and_keeps_reasons():
                                  "metrics.entries/runnable": 20.0, "metrics.prompts": 4.0,
                                  "metrics.img/IP-Sim": math.nan, "tags.reasons/IP-Sim": "no detector: 4"}}
                       for s in (0, 1)])
-    x = tables.benchmark_table(runs, "xversebench", METHODS, None, "xverse")
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", METHODS, None, "xverse")
     assert x.loc[0, "skipped"] == 70 and x.loc[0, "total"] == 90 and x.loc[0, "runnable"] == 20
     assert "IP-Sim: no detector: 4" in x.loc[0, "notes"]
     assert math.isnan(x.loc[0, "IP-Sim mean"]) and x.loc[0, "IP-Sim"] == "n/a"  # the paper's column stays, NaN
-    assert tables.benchmark_table(runs, "dreambench", METHODS, None, "main").empty
+    assert tables.benchmark_table(tables.tidy(runs), "dreambench", METHODS, None, "main").empty
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +261,8 @@ def test_benchmark_tables_from_a_store_show_every_paper_column_with_avg_and_over
                               {"kind": "eval", "method": m, "seed": str(seed), "benchmark": "xversebench",
                                "scenario": scen})
     runs = tables.load_runs(uri, "benchmark")
-    main = tables.benchmark_table(runs, "dreambench", methods, paper, "main")
-    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse")
+    main = tables.benchmark_table(tables.tidy(runs), "dreambench", methods, paper, "main")
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse")
     want_main, want_x = ["CLIP-I", "CLIP-T", "DINO", "UnifiedReward", "HPSv3"], ["DPG", "ID-Sim", "IP-Sim", "AES", "AVG"]
     if paper is not None:  # the paper file's own columns, too
         assert set(paper.loc[paper["table"] == "main", "metric"]) <= set(want_main)
@@ -328,7 +328,7 @@ def test_avg_and_overall_gaps_follow_their_parts_protocols_and_prompts(tmp_path)
                               f"tags.protocol/{m}": id_protocol if m == "ID-Sim" else "xverse"})
             rows.append({"method": "mosaic", "seed": 0, "clip": 1.0, "benchmark": "xversebench", "scenario": scenario,
                          "extra": extra})
-        return tables.benchmark_table(eval_runs(rows), "xversebench", methods, paper, "xverse").set_index("scenario")
+        return tables.benchmark_table(tables.tidy(eval_runs(rows)), "xversebench", methods, paper, "xverse").set_index("scenario")
 
     t = table()
     assert t.loc["single", "AVG gap"] == pytest.approx(0.0) and t.loc["multi", "AVG gap"] == pytest.approx(10.0)
