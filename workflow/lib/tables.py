@@ -135,9 +135,12 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
             }, index=g.index))
     if not frames:
         return pd.DataFrame(columns=[*grid, *TIDY_VALUES, *RUN_IDS])
-    long = pd.concat(frames).rename_axis("_run").reset_index()
+    long = pd.concat(frames)
+    # a stable order, whatever order the store returned the runs in: the grid (numbers as numbers), the metrics
     order = {k: i for i, k in enumerate(_keys(runs))}
-    long = long.sort_values(["_run", "key"], key=lambda s: s.map(order) if s.name == "key" else s, kind="stable")
+    numeric = {"ktrain", "n", "seed", "alpha", "beta"}
+    long = long.sort_values([*grid, "key"], kind="stable", na_position="first", key=lambda s: (
+        s.map(order) if s.name == "key" else pd.to_numeric(s, errors="coerce") if s.name in numeric else s))
     cols = [*grid, *TIDY_VALUES, *[c for c in COUNTS.values() if c in long], *RUN_IDS]
     return long[cols].reset_index(drop=True)
 
