@@ -337,3 +337,119 @@ def test_avg_and_overall_gaps_follow_their_parts_protocols_and_prompts(tmp_path)
     assert t["AVG gap"].isna().all()
     assert "AVG: no paper gap: measured under protocol 'mixed: DPG xverse, ID-Sim insightface" in t.loc["single", "notes"]
     assert table(prompts=20.0)["AVG gap"].isna().all()  # a subset of the prompts: none either
+
+
+# ---- the two forms: the tidy long table the aggregates are computed from, and the readable wide table ----
+
+def _ablation_runs():
+    runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": base + 3 * s + n, "align": base / 2 + s * n}
+                      for m, base in (("mosaic", 70), ("none", 60)) for s in (0, 1, 2) for n in (2, 4)])
+    runs["tags.protocol/CLIP-I"] = "dreambench++"
+    runs.loc[0, "metrics.img/CLIP-I"] = math.nan  # a NaN cell, with its reason
+    runs.loc[0, "tags.reasons/CLIP-I"] = "no reference: 1"
+    return runs
+
+
+def test_tidy_has_one_row_per_run_and_metric_with_the_runs_values():
+    runs = _ablation_runs()
+    long = tables.tidy(runs)
+    assert len(long) == len(runs) * 2 and not long.duplicated(["eval_run_id", "metric"]).any()  # CLIP-I, alignment
+    assert set(long["metric"]) == {"CLIP-I (tiny-world)", "alignment acc (%)"}  # no `.min` twin
+    by_id = runs.set_index("run_id")
+    for r in long.itertuples():
+        run = by_id.loc[r.eval_run_id]
+        assert r.value == pytest.approx(run[f"metrics.{r.key}"], nan_ok=True), r
+        assert (r.method, r.seed, r.n, r.train_run_id) == (run["tags.method"], run["tags.seed"], run["tags.n"],
+                                                           run["tags.train_run_id"])
+        assert r.protocol == "dreambench++" if r.key == "img/CLIP-I" else pd.isna(r.protocol)  # mechanism: none
+    nan = long[long["value"].isna()]
+    assert list(zip(nan["eval_run_id"], nan["reason"])) == [("e0", "no reference: 1")]
+    shuffled = tables.tidy(runs.sample(frac=1, random_state=0))  # the store's order does not matter
+    pd.testing.assert_frame_equal(shuffled, long)
+
+
+def test_wide_mean_std_is_the_tidy_tables_groupby():
+    long = tables.tidy(_ablation_runs())
+    t = tables.ablation_table(long, METHODS)
+    wide = tables.readable(t).set_index("method")
+    stats = long.groupby(["method", "metric"])["value"].agg(["mean", "std", "count"])  # computed here, apart
+    for (method, metric), s in stats.iterrows():
+        assert wide.loc[method, metric] == f"{s['mean']:.2f} ± {s['std']:.2f}", (method, metric)
+        assert t.set_index("method").loc[method, f"{metric} cells"] == s["count"]
+    assert stats.loc[("mosaic", "CLIP-I (tiny-world)"), "count"] == 5  # the NaN cell is left out, its reason kept
+    assert "CLIP-I: no reference: 1" in wide.loc["mosaic", "notes"]
+    assert not [c for c in wide.columns if c.endswith((" mean", " std", " cells", " protocol", "_run_ids"))]
+    assert list(wide.columns[:3]) == ["label", "benchmark", "scenario"] and wide.loc["none", "runs"] == 6
+
+
+def _md_rows(text: str) -> list[list[str]]:
+    lines = [x for x in text.splitlines() if x.startswith("|")]
+    return [[c.strip() for c in x.strip("|").split("|")] for i, x in enumerate(lines) if i != 1]  # no separator
+
+
+def _tex_rows(text: str) -> list[list[str]]:
+    lines = [x for x in text.splitlines() if x.endswith("\\\\")]
+    return [[c.strip().replace("\\%", "%").replace("\\_", "_") for c in x[:-2].split("&")] for x in lines]
+
+
+def test_markdown_and_latex_render_the_same_numbers_with_paper_and_gap(tmp_path):
+    paper = _paper(tmp_path, [["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3]])
+    runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 70.0 + s, "benchmark": "dreambench", "align": 40 + s,
+                       "extra": PAPER_CELL} for s in (0, 1)]
+                     + [{"method": "none", "seed": s, "clip": 60.0 + 2 * s, "benchmark": "dreambench",
+                         "extra": PAPER_CELL} for s in (0, 1)])
+    long = tables.tidy(runs)
+    t = tables.ablation_table(long, METHODS, paper)
+    out = {k: tmp_path / "t" / f"ablation{k}" for k in (".csv", "_tidy.csv", ".md", ".tex")}
+    wide = tables.write_tables(t, long, out[".csv"], out["_tidy.csv"], out[".md"], out[".tex"])
+    csv = pd.read_csv(out[".csv"]).set_index("method")
+    assert csv.loc["mosaic", "CLIP-I"] == "70.50 ± 0.71" and csv.loc["mosaic", "CLIP-I paper"] == 76.3
+    assert csv.loc["mosaic", "CLIP-I gap"] == pytest.approx(70.5 - 76.3)
+    assert math.isnan(csv.loc["none", "CLIP-I paper"])  # the paper reports this variant's row elsewhere only
+    back = pd.read_csv(out["_tidy.csv"], dtype={"seed": str, "n": str, "ktrain": str})
+    assert back["value"].tolist() == pytest.approx(long["value"].tolist(), nan_ok=True)
+    assert list(back["eval_run_id"]) == list(long["eval_run_id"])
+    md, tex = _md_rows(out[".md"].read_text()), _tex_rows(out[".tex"].read_text())
+    assert md == tex and md[0] == [c for c in wide.columns if c != "notes"]  # one table, two renderings
+    row = dict(zip(md[0], md[[r[0] for r in md].index("mosaic")]))
+    assert (row["CLIP-I"], row["CLIP-I paper"], row["CLIP-I gap"]) == ("70.50 ± 0.71", "76.30", "-5.80")
+    assert row["alignment acc (%)"] == "40.50 ± 0.71" and row[tables.COVERAGE] == "750 / 750"
+    assert dict(zip(md[0], md[[r[0] for r in md].index("none")]))["CLIP-I gap"] == ""  # NaN: blank
+    assert "\\usepackage{booktabs}" in out[".tex"].read_text() and "\\toprule" in out[".tex"].read_text()
+
+
+def test_the_script_writes_every_form_of_the_benchmark_tables(tmp_path):
+    """workflow/scripts/tables.py on a store: main and XVerseBench, each as readable CSV, tidy CSV (its own
+    benchmark's rows, the kit's AVG per run among them), Markdown and LaTeX."""
+    from workflow.scripts import tables as script
+
+    root = tmp_path / "store"
+    uri = ms.ensure_store(root, ["benchmark"])
+    (root / ms.GENERATION_FILE).write_text("g1")
+    for seed in (0, 1):
+        ms.log_record(uri, "benchmark", f"db:{seed}", "db", {"metrics": {"img/CLIP-I": 80.0 + seed}}, tmp_path,
+                      {"kind": "eval", "method": "mosaic", "seed": str(seed), "benchmark": "dreambench",
+                       "scenario": "single"})
+        xv = {f"img/{k}": v[0] + seed for k, v in XV.items()}
+        ms.log_record(uri, "benchmark", f"xv:{seed}", "xv", {"metrics": xv}, tmp_path,
+                      {"kind": "eval", "method": "mosaic", "seed": str(seed), "benchmark": "xversebench",
+                       "scenario": "single"})
+    outs = {f"{name}{form}": tmp_path / "r" / f"{name}{suffix}" for name in ("main", "xversebench")
+            for form, suffix in (("", ".csv"), ("_tidy", "_tidy.csv"), ("_md", ".md"), ("_tex", ".tex"))}
+    args = [a for k, p in outs.items() for a in (f"--out-{k}", str(p))]
+    assert script.main(["benchmark", "--store", str(root), "--generation", "g1", "--config",
+                        '{"methods": {"mosaic": {}}}', *args]) == 0
+    assert all(p.is_file() and p.stat().st_size > 0 for p in outs.values())
+    main_tidy, xv_tidy = pd.read_csv(outs["main_tidy"]), pd.read_csv(outs["xversebench_tidy"])
+    assert set(main_tidy["benchmark"]) == {"dreambench"} and set(xv_tidy["benchmark"]) == {"xversebench"}
+    assert len(main_tidy) == 2 and len(xv_tidy) == 2 * 5  # per run: DPG, ID-Sim, IP-Sim, AES and the AVG
+    for seed, g in xv_tidy.groupby("seed"):
+        v = g.set_index("metric")["value"]
+        assert v["AVG"] == pytest.approx(v[list(XV)].mean())
+    x = pd.read_csv(outs["xversebench"]).set_index("scenario")
+    avg = xv_tidy[xv_tidy["metric"] == "AVG"]["value"]
+    assert x.loc["single", "AVG"] == f"{avg.mean():.2f} ± {avg.std():.2f}"
+    assert pd.isna(x.loc["all", "Overall"])  # no multi scenario: no Overall ("n/a", NaN to read_csv), with the reason
+    assert "needs the AVG of both scenarios" in x.loc["all", "notes"]
+    assert pd.read_csv(outs["main"]).loc[0, "CLIP-I"] == "80.50 ± 0.71"
+    assert "80.50 ± 0.71" in outs["main_md"].read_text() and "80.50 ± 0.71" in outs["main_tex"].read_text()
