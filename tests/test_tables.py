@@ -453,3 +453,37 @@ def test_the_script_writes_every_form_of_the_benchmark_tables(tmp_path):
     assert "needs the AVG of both scenarios" in x.loc["all", "notes"]
     assert pd.read_csv(outs["main"]).loc[0, "CLIP-I"] == "80.50 ± 0.71"
     assert "80.50 ± 0.71" in outs["main_md"].read_text() and "80.50 ± 0.71" in outs["main_tex"].read_text()
+
+
+@pytest.mark.parametrize("study", ["sweep", "scaling"])
+def test_the_script_writes_the_forms_and_the_figure_of_sweep_and_scaling(tmp_path, study):
+    """The figures read the same table the CSVs show (its internal numeric frame), the tidy CSV is its source."""
+    from workflow.scripts import tables as script
+
+    root = tmp_path / "store"
+    uri = ms.ensure_store(root, [study])
+    (root / ms.GENERATION_FILE).write_text("g1")
+    grid = [(a, b, n, s) for a in ("0.0", "1.0") for b in ("0.0", "0.6") for n in ("2", "3") for s in ("0", "1")]
+    for i, (a, b, n, s) in enumerate(grid):
+        tags = {"kind": "eval", "method": "mosaic" if study == "scaling" else f"a{a}-b{b}", "seed": s, "n": n,
+                "ktrain": "4", "benchmark": "heldout", "scenario": "multi", "alpha": a, "beta": b}
+        metrics = {"img/CLIP-I": 50 + 10 * float(a) + float(b) + int(n) + int(s) + i / 100,
+                   "mech/leakage": 20.0 - int(n) - i / 10, "mech/leakage_chance": 100 / int(n)}
+        ms.log_record(uri, study, f"e{i}", f"e{i}", {"metrics": metrics}, tmp_path, tags)
+    name, figure = study, {"sweep": "heatmap", "scaling": "figure"}[study]  # the script's --out-<name>s
+    outs = {f"{name}{form}": tmp_path / "r" / f"{name}{suffix}"
+            for form, suffix in (("", ".csv"), ("_tidy", "_tidy.csv"), ("_md", ".md"), ("_tex", ".tex"))}
+    outs[figure] = tmp_path / "r" / "figure.png"
+    args = [a for k, p in outs.items() for a in (f"--out-{k}", str(p))]
+    assert script.main([study, "--store", str(root), "--generation", "g1", "--config",
+                        '{"methods": {"mosaic": {}}}', *args]) == 0
+    assert all(p.is_file() and p.stat().st_size > 0 for p in outs.values())
+    long = pd.read_csv(outs[f"{name}_tidy"])
+    assert len(long) == len(grid) * 3  # CLIP-I, leakage and its chance per run
+    keys = ["alpha", "beta"] if study == "sweep" else ["method", "n"]
+    wide = pd.read_csv(outs[name])
+    stats = long.groupby([*keys, "metric"])["value"].agg(["mean", "std"])
+    for _, row in wide.iterrows():
+        for metric in ("CLIP-I", "leakage (%)", "leakage at chance (%)"):  # no label tag: the bare name
+            s = stats.loc[(*(row[k] for k in keys), metric)]
+            assert row[metric] == f"{s['mean']:.2f} ± {s['std']:.2f}", (study, metric)
