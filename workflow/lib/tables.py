@@ -3,9 +3,14 @@
 Why it exists: every number in a table must be traceable to the runs it came from. An evaluation
 run holds one cell (one training seed on one evaluation set of n subjects): image metrics
 `img/<metric>` (means over images; labels such as "CLIP-I (tiny-world)" in tags `label/<metric>`)
-and mechanism metrics `mech/alignment_acc`, `mech/leakage`, `mech/subject_leakage` (%). A table row
-groups cells and reports, per metric, the mean, the standard deviation (pandas, ddof=1; NaN for one cell) and a
-"mean ± std" column, plus the MLflow run ids of its evaluation runs and of their trainings.
+and mechanism metrics `mech/alignment_acc`, `mech/leakage`, `mech/subject_leakage` (%).
+Each table comes in two forms, one computed from the other:
+- the tidy long table (`tidy`): one row per evaluation run x metric, with the run's grid tags, value,
+  protocol, reason and the MLflow ids of the evaluation run and its training;
+- the wide table, computed from the tidy rows (`summarise`): a row per group, per metric the mean, the
+  standard deviation (pandas, ddof=1; NaN for one cell), the count of values and "mean ± std". Its
+  internal form keeps the numbers (`<metric> mean/std/cells/protocol`, run ids; the figures and the paper
+  gaps read them); `readable` is what a reader gets (the study's CSV, Markdown and LaTeX: `write_tables`).
 With the paper's reported values (../shared/paper/mosaic_reported.csv) a row also carries
 `<metric> paper` and `<metric> gap` (measured - reported) where the paper reports that cell; every
 metric of the paper's table is a column, NaN with its reason in `notes` when not measured. A gap is
