@@ -89,13 +89,20 @@ def _image_name(key: str) -> str:
     return key[len("img/"):]
 
 
+def _rank(key: str) -> tuple:
+    """A metric's place in a table: the image metrics in the papers' order (ORDER, then by name), then MECHANISM's."""
+    if key.startswith("img/"):
+        name = _image_name(key)
+        return 0, ORDER.index(name) if name in ORDER else len(ORDER), name
+    return 1, list(MECHANISM).index(f"metrics.{key}"), ""
+
+
 def _keys(runs: pd.DataFrame) -> list[str]:
-    """The table metrics a frame of runs carries, in the papers' order (ORDER, then by name), then mechanism:
-    image metrics `metrics.img/<M>` (not the `.min` twins) or a reason `tags.reasons/<M>`; MECHANISM."""
+    """The table metrics a frame of runs carries (image metrics `metrics.img/<M>`, not the `.min` twins, or a
+    reason `tags.reasons/<M>`; MECHANISM), in table order (_rank)."""
     names = {c.split("/", 1)[1] for c in runs.columns
              if (c.startswith("metrics.img/") and not c.endswith(".min")) or c.startswith("tags.reasons/")}
-    names = sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
-    return [f"img/{n}" for n in names] + [c[len("metrics."):] for c in MECHANISM if c in runs]
+    return sorted([f"img/{n}" for n in names] + [c[len("metrics."):] for c in MECHANISM if c in runs], key=_rank)
 
 
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
@@ -121,8 +128,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     grid = [g for g in GRID if f"tags.{g}" in runs]
     frames = []
     for _, g in runs.groupby(bench.fillna(""), sort=False):
-        keys = [k for k in _keys(g.dropna(axis=1, how="all"))]
-        for key in keys:
+        for key in _keys(g.dropna(axis=1, how="all")):
             col, name = f"metrics.{key}", _image_name(key) if key.startswith("img/") else key
             label = labels.get(key)
             if key.startswith("img/") and label is None:  # several labels: each run keeps its own
@@ -151,12 +157,12 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_names(long: pd.DataFrame, mechanism: bool = True) -> dict[str, str]:
-    """tidy key -> display name of the metrics measured (a value in some row), in the tidy table's order; the
+    """tidy key -> display name of the metrics measured (a value in some row), in table order (_rank); the
     mapping add_paper and paper_columns.complete take."""
     rows = long[long["value"].notna()]
     if not mechanism:
         rows = rows[rows["key"].str.startswith("img/")]
-    pairs = list(dict.fromkeys(zip(rows["key"], rows["metric"])))
+    pairs = sorted(dict.fromkeys(zip(rows["key"], rows["metric"])), key=lambda p: _rank(p[0]))
     several = {k for k, _ in pairs if sum(k == j for j, _ in pairs) > 1}  # one key, several world labels
     return {(f"{k}:{m}" if k in several else k): m for k, m in pairs}
 
