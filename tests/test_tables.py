@@ -30,7 +30,7 @@ def test_ablation_mean_std_over_seeds_and_n_with_run_ids():
     runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": c, "align": 10 * c}
                       for m, base in (("mosaic", 70), ("none", 60)) for s in (0, 1) for n in (2, 4)
                       for c in [base + s + n / 2]])
-    t = tables.ablation_table(runs, METHODS)
+    t = tables.ablation_table(tables.tidy(runs), METHODS)
     assert list(t["method"]) == ["none", "mosaic"]  # the config's order
     row = t.set_index("method").loc["mosaic"]
     values = [70 + s + n / 2 for s in (0, 1) for n in (2, 4)]
@@ -63,7 +63,7 @@ def test_paper_values_and_gaps_only_where_reported(tmp_path):
                       {"method": "mosaic", "seed": 0, "n": 2, "clip": 50.0, "extra": PAPER_CELL},
                       {"method": "none", "seed": 0, "clip": 60.0, "benchmark": "dreambench", "scenario": "single",
                        "extra": PAPER_CELL}])
-    t = tables.ablation_table(runs, METHODS, paper).set_index(["method", "benchmark", "scenario"])
+    t = tables.ablation_table(tables.tidy(runs), METHODS, paper).set_index(["method", "benchmark", "scenario"])
     assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I paper"] == 76.3
     assert t.loc[("mosaic", "dreambench", "multi"), "CLIP-I gap"] == pytest.approx(70.0 - 76.3)
     assert t.loc[("mosaic", "dreambench", "multi"), tables.COVERAGE] == "750 / 750"
@@ -83,7 +83,7 @@ def test_no_gap_in_another_world_protocol_or_subset(tmp_path):
     for case, extra in cases.items():
         runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench",
                            "extra": {**PAPER_CELL, **extra}}])
-        row = tables.ablation_table(runs, METHODS, paper).iloc[0]
+        row = tables.ablation_table(tables.tidy(runs), METHODS, paper).iloc[0]
         name = row.filter(like=" paper").index[0][: -len(" paper")]
         assert row[f"{name} paper"] == 76.3 and math.isnan(row[f"{name} gap"]), case
         assert "CLIP-I: no paper gap: " in row["notes"], case
@@ -91,7 +91,7 @@ def test_no_gap_in_another_world_protocol_or_subset(tmp_path):
                     "unrecorded": "'(not recorded)'", "subset": "100 of the protocol's 750 prompts run"}[case]
         assert expected in row["notes"], (case, row["notes"])
     runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 70.0, "benchmark": "dreambench", "extra": PAPER_CELL}])
-    row = tables.ablation_table(runs, METHODS, paper, profile="tiny").iloc[0]  # the tiny profile: never a gap
+    row = tables.ablation_table(tables.tidy(runs), METHODS, paper, profile="tiny").iloc[0]  # the tiny profile: never a gap
     assert math.isnan(row["CLIP-I gap"]) and "tiny profile" in row["notes"]
 
 
@@ -106,7 +106,7 @@ def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_pro
             "tags.reasons/IP-Sim": "no animal or object reference: 20"}
     runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
                        "extra": base} for s in (0, 1)])
-    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
     assert x[tables.COVERAGE] == "20 / 90"
     for m in ("DPG", "ID-Sim", "IP-Sim", "AES", "AVG"):  # every paper column, measured or not
         assert f"{m} paper" in x and math.isnan(x[f"{m} gap"]), m
@@ -118,23 +118,23 @@ def test_xversebench_table_keeps_every_paper_column_and_counts_the_protocols_pro
     full = {**base, "metrics.count/prompts": 90.0}
     runs = eval_runs([{"method": "mosaic", "seed": 0, "clip": 40.0, "benchmark": "xversebench", "scenario": "single",
                        "extra": full}])
-    single = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    single = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
     assert single["ID-Sim gap"] == pytest.approx(55.0 - 60.2)
     runs["tags.protocol/ID-Sim"] = "insightface"
-    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse").set_index("scenario").loc["single"]
     assert math.isnan(x["ID-Sim gap"]) and "protocol 'insightface', the paper's is 'xverse'" in x["notes"]
 
 
 def test_scaling_and_sweep_group_keys():
     runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": 50 + n + s} for m in ("mosaic", "none")
                       for s in (0, 1) for n in (2, 3)])
-    t = tables.scaling_table(runs, ["mosaic", "none"])
+    t = tables.scaling_table(tables.tidy(runs), ["mosaic", "none"])
     assert list(zip(t["method"], t["n"])) == [("mosaic", 2), ("mosaic", 3), ("none", 2), ("none", 3)]
     assert t["CLIP-I (tiny-world) mean"].tolist() == [52.5, 53.5, 52.5, 53.5]
     assert tables.display_metrics(t) == ["CLIP-I (tiny-world)"]
     sweep = eval_runs([{"method": "x", "seed": 0, "n": 4, "clip": a * 10 + b,
                         "extra": {"tags.alpha": str(a), "tags.beta": str(b)}} for a in (0.0, 1.0) for b in (0.0, 0.6)])
-    s = tables.sweep_table(sweep)
+    s = tables.sweep_table(tables.tidy(sweep))
     assert list(zip(s["alpha"], s["beta"])) == [(0.0, 0.0), (0.0, 0.6), (1.0, 0.0), (1.0, 0.6)]
     assert s["CLIP-I (tiny-world) mean"].tolist() == [0.0, 0.6, 10.0, 10.6]
 
@@ -149,7 +149,7 @@ def test_bounds_in_the_scaling_table_and_figure(tmp_path):
     bounds = runs["tags.method"].isin(["ceiling", "floor"])
     runs.loc[bounds, "tags.ktrain"] = None
     runs.loc[bounds, "tags.seed"] = None
-    t = tables.scaling_table(runs, ["ceiling", "mosaic", "floor"])
+    t = tables.scaling_table(tables.tidy(runs), ["ceiling", "mosaic", "floor"])
     assert list(t["method"].unique()) == ["ceiling", "mosaic", "floor"]
     assert t.set_index("method").loc["ceiling", "ktrain"].tolist() == [0, 0]
     assert t.set_index("method").loc["floor", "CLIP-I (tiny-world) mean"].tolist() == [10, 10]
@@ -163,11 +163,11 @@ def test_benchmark_table_counts_skipped_entries_and_keeps_reasons():
                                  "metrics.entries/runnable": 20.0, "metrics.count/prompts": 4.0,
                                  "metrics.img/IP-Sim": math.nan, "tags.reasons/IP-Sim": "no detector: 4"}}
                       for s in (0, 1)])
-    x = tables.benchmark_table(runs, "xversebench", METHODS, None, "xverse")
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", METHODS, None, "xverse")
     assert x.loc[0, "skipped"] == 70 and x.loc[0, "total"] == 90 and x.loc[0, "runnable"] == 20
     assert "IP-Sim: no detector: 4" in x.loc[0, "notes"]
     assert math.isnan(x.loc[0, "IP-Sim mean"]) and x.loc[0, "IP-Sim"] == "n/a"  # the paper's column stays, NaN
-    assert tables.benchmark_table(runs, "dreambench", METHODS, None, "main").empty
+    assert tables.benchmark_table(tables.tidy(runs), "dreambench", METHODS, None, "main").empty
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +261,8 @@ def test_benchmark_tables_from_a_store_show_every_paper_column_with_avg_and_over
                               {"kind": "eval", "method": m, "seed": str(seed), "benchmark": "xversebench",
                                "scenario": scen})
     runs = tables.load_runs(uri, "benchmark")
-    main = tables.benchmark_table(runs, "dreambench", methods, paper, "main")
-    x = tables.benchmark_table(runs, "xversebench", methods, paper, "xverse")
+    main = tables.benchmark_table(tables.tidy(runs), "dreambench", methods, paper, "main")
+    x = tables.benchmark_table(tables.tidy(runs), "xversebench", methods, paper, "xverse")
     want_main, want_x = ["CLIP-I", "CLIP-T", "DINO", "UnifiedReward", "HPSv3"], ["DPG", "ID-Sim", "IP-Sim", "AES", "AVG"]
     if paper is not None:  # the paper file's own columns, too
         assert set(paper.loc[paper["table"] == "main", "metric"]) <= set(want_main)
@@ -328,7 +328,7 @@ def test_avg_and_overall_gaps_follow_their_parts_protocols_and_prompts(tmp_path)
                               f"tags.protocol/{m}": id_protocol if m == "ID-Sim" else "xverse"})
             rows.append({"method": "mosaic", "seed": 0, "clip": 1.0, "benchmark": "xversebench", "scenario": scenario,
                          "extra": extra})
-        return tables.benchmark_table(eval_runs(rows), "xversebench", methods, paper, "xverse").set_index("scenario")
+        return tables.benchmark_table(tables.tidy(eval_runs(rows)), "xversebench", methods, paper, "xverse").set_index("scenario")
 
     t = table()
     assert t.loc["single", "AVG gap"] == pytest.approx(0.0) and t.loc["multi", "AVG gap"] == pytest.approx(10.0)
@@ -337,3 +337,153 @@ def test_avg_and_overall_gaps_follow_their_parts_protocols_and_prompts(tmp_path)
     assert t["AVG gap"].isna().all()
     assert "AVG: no paper gap: measured under protocol 'mixed: DPG xverse, ID-Sim insightface" in t.loc["single", "notes"]
     assert table(prompts=20.0)["AVG gap"].isna().all()  # a subset of the prompts: none either
+
+
+# ---- the two forms: the tidy long table the aggregates are computed from, and the readable wide table ----
+
+def _ablation_runs():
+    runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": base + 3 * s + n, "align": base / 2 + s * n}
+                      for m, base in (("mosaic", 70), ("none", 60)) for s in (0, 1, 2) for n in (2, 4)])
+    runs["tags.protocol/CLIP-I"] = "dreambench++"
+    runs.loc[0, "metrics.img/CLIP-I"] = math.nan  # a NaN cell, with its reason
+    runs.loc[0, "tags.reasons/CLIP-I"] = "no reference: 1"
+    return runs
+
+
+def test_tidy_has_one_row_per_run_and_metric_with_the_runs_values():
+    runs = _ablation_runs()
+    long = tables.tidy(runs)
+    assert len(long) == len(runs) * 2 and not long.duplicated(["eval_run_id", "metric"]).any()  # CLIP-I, alignment
+    assert set(long["metric"]) == {"CLIP-I (tiny-world)", "alignment acc (%)"}  # no `.min` twin
+    by_id = runs.set_index("run_id")
+    for r in long.itertuples():
+        run = by_id.loc[r.eval_run_id]
+        assert r.value == pytest.approx(run[f"metrics.{r.key}"], nan_ok=True), r
+        assert (r.method, r.seed, r.n, r.train_run_id) == (run["tags.method"], run["tags.seed"], run["tags.n"],
+                                                           run["tags.train_run_id"])
+        assert r.protocol == "dreambench++" if r.key == "img/CLIP-I" else pd.isna(r.protocol)  # mechanism: none
+    nan = long[long["value"].isna()]
+    assert list(zip(nan["eval_run_id"], nan["reason"])) == [("e0", "no reference: 1")]
+    shuffled = tables.tidy(runs.sample(frac=1, random_state=0))  # the store's order does not matter
+    pd.testing.assert_frame_equal(shuffled, long)
+
+
+def test_wide_mean_std_is_the_tidy_tables_groupby():
+    long = tables.tidy(_ablation_runs())
+    t = tables.ablation_table(long, METHODS)
+    wide = tables.readable(t).set_index("method")
+    stats = long.groupby(["method", "metric"])["value"].agg(["mean", "std", "count"])  # computed here, apart
+    for (method, metric), s in stats.iterrows():
+        assert wide.loc[method, metric] == f"{s['mean']:.2f} ± {s['std']:.2f}", (method, metric)
+        assert t.set_index("method").loc[method, f"{metric} cells"] == s["count"]
+    assert stats.loc[("mosaic", "CLIP-I (tiny-world)"), "count"] == 5  # the NaN cell is left out, its reason kept
+    assert "CLIP-I: no reference: 1" in wide.loc["mosaic", "notes"]
+    assert not [c for c in wide.columns if c.endswith((" mean", " std", " cells", " protocol", "_run_ids"))]
+    assert list(wide.columns[:3]) == ["label", "benchmark", "scenario"] and wide.loc["none", "runs"] == 6
+
+
+def _md_rows(text: str) -> list[list[str]]:
+    lines = [x for x in text.splitlines() if x.startswith("|")]
+    return [[c.strip() for c in x.strip("|").split("|")] for i, x in enumerate(lines) if i != 1]  # no separator
+
+
+def _tex_rows(text: str) -> list[list[str]]:
+    lines = [x for x in text.splitlines() if x.endswith("\\\\")]
+    return [[c.strip().replace("\\%", "%").replace("\\_", "_") for c in x[:-2].split("&")] for x in lines]
+
+
+def test_markdown_and_latex_render_the_same_numbers_with_paper_and_gap(tmp_path):
+    paper = _paper(tmp_path, [["ablation", "DreamBench", "multi", "MOSAIC(+SCAL +MDL)", "CLIP-I", 76.3]])
+    runs = eval_runs([{"method": "mosaic", "seed": s, "clip": 70.0 + s, "benchmark": "dreambench", "align": 40 + s,
+                       "extra": PAPER_CELL} for s in (0, 1)]
+                     + [{"method": "none", "seed": s, "clip": 60.0 + 2 * s, "benchmark": "dreambench",
+                         "extra": PAPER_CELL} for s in (0, 1)])
+    long = tables.tidy(runs)
+    t = tables.ablation_table(long, METHODS, paper)
+    out = {k: tmp_path / "t" / f"ablation{k}" for k in (".csv", "_tidy.csv", ".md", ".tex")}
+    wide = tables.write_tables(t, long, out[".csv"], out["_tidy.csv"], out[".md"], out[".tex"])
+    csv = pd.read_csv(out[".csv"]).set_index("method")
+    assert csv.loc["mosaic", "CLIP-I"] == "70.50 ± 0.71" and csv.loc["mosaic", "CLIP-I paper"] == 76.3
+    assert csv.loc["mosaic", "CLIP-I gap"] == pytest.approx(70.5 - 76.3)
+    assert math.isnan(csv.loc["none", "CLIP-I paper"])  # the paper reports this variant's row elsewhere only
+    back = pd.read_csv(out["_tidy.csv"], dtype={"seed": str, "n": str, "ktrain": str})
+    assert back["value"].tolist() == pytest.approx(long["value"].tolist(), nan_ok=True)
+    assert list(back["eval_run_id"]) == list(long["eval_run_id"])
+    md, tex = _md_rows(out[".md"].read_text()), _tex_rows(out[".tex"].read_text())
+    assert md == tex and md[0] == [c for c in wide.columns if c != "notes"]  # one table, two renderings
+    row = dict(zip(md[0], md[[r[0] for r in md].index("mosaic")]))
+    assert (row["CLIP-I"], row["CLIP-I paper"], row["CLIP-I gap"]) == ("70.50 ± 0.71", "76.30", "-5.80")
+    assert row["alignment acc (%)"] == "40.50 ± 0.71" and row[tables.COVERAGE] == "750 / 750"
+    assert dict(zip(md[0], md[[r[0] for r in md].index("none")]))["CLIP-I gap"] == ""  # NaN: blank
+    assert "\\usepackage{booktabs}" in out[".tex"].read_text() and "\\toprule" in out[".tex"].read_text()
+
+
+def test_the_script_writes_every_form_of_the_benchmark_tables(tmp_path):
+    """workflow/scripts/tables.py on a store: main and XVerseBench, each as readable CSV, tidy CSV (its own
+    benchmark's rows, the kit's AVG per run among them), Markdown and LaTeX."""
+    from workflow.scripts import tables as script
+
+    root = tmp_path / "store"
+    uri = ms.ensure_store(root, ["benchmark"])
+    (root / ms.GENERATION_FILE).write_text("g1")
+    for seed in (0, 1):
+        ms.log_record(uri, "benchmark", f"db:{seed}", "db", {"metrics": {"img/CLIP-I": 80.0 + seed}}, tmp_path,
+                      {"kind": "eval", "method": "mosaic", "seed": str(seed), "benchmark": "dreambench",
+                       "scenario": "single"})
+        xv = {f"img/{k}": v[0] + seed for k, v in XV.items()}
+        ms.log_record(uri, "benchmark", f"xv:{seed}", "xv", {"metrics": xv}, tmp_path,
+                      {"kind": "eval", "method": "mosaic", "seed": str(seed), "benchmark": "xversebench",
+                       "scenario": "single"})
+    outs = {f"{name}{form}": tmp_path / "r" / f"{name}{suffix}" for name in ("main", "xversebench")
+            for form, suffix in (("", ".csv"), ("_tidy", "_tidy.csv"), ("_md", ".md"), ("_tex", ".tex"))}
+    args = [a for k, p in outs.items() for a in (f"--out-{k}", str(p))]
+    assert script.main(["benchmark", "--store", str(root), "--generation", "g1", "--config",
+                        '{"methods": {"mosaic": {}}}', *args]) == 0
+    assert all(p.is_file() and p.stat().st_size > 0 for p in outs.values())
+    main_tidy, xv_tidy = pd.read_csv(outs["main_tidy"]), pd.read_csv(outs["xversebench_tidy"])
+    assert set(main_tidy["benchmark"]) == {"dreambench"} and set(xv_tidy["benchmark"]) == {"xversebench"}
+    assert len(main_tidy) == 2 and len(xv_tidy) == 2 * 5  # per run: DPG, ID-Sim, IP-Sim, AES and the AVG
+    for seed, g in xv_tidy.groupby("seed"):
+        v = g.set_index("metric")["value"]
+        assert v["AVG"] == pytest.approx(v[list(XV)].mean())
+    x = pd.read_csv(outs["xversebench"]).set_index("scenario")
+    avg = xv_tidy[xv_tidy["metric"] == "AVG"]["value"]
+    assert x.loc["single", "AVG"] == f"{avg.mean():.2f} ± {avg.std():.2f}"
+    assert pd.isna(x.loc["all", "Overall"])  # no multi scenario: no Overall ("n/a", NaN to read_csv), with the reason
+    assert "needs the AVG of both scenarios" in x.loc["all", "notes"]
+    assert pd.read_csv(outs["main"]).loc[0, "CLIP-I"] == "80.50 ± 0.71"
+    assert "80.50 ± 0.71" in outs["main_md"].read_text() and "80.50 ± 0.71" in outs["main_tex"].read_text()
+
+
+@pytest.mark.parametrize("study", ["sweep", "scaling"])
+def test_the_script_writes_the_forms_and_the_figure_of_sweep_and_scaling(tmp_path, study):
+    """The figures read the same table the CSVs show (its internal numeric frame), the tidy CSV is its source."""
+    from workflow.scripts import tables as script
+
+    root = tmp_path / "store"
+    uri = ms.ensure_store(root, [study])
+    (root / ms.GENERATION_FILE).write_text("g1")
+    grid = [(a, b, n, s) for a in ("0.0", "1.0") for b in ("0.0", "0.6") for n in ("2", "3") for s in ("0", "1")]
+    for i, (a, b, n, s) in enumerate(grid):
+        tags = {"kind": "eval", "method": "mosaic" if study == "scaling" else f"a{a}-b{b}", "seed": s, "n": n,
+                "ktrain": "4", "benchmark": "heldout", "scenario": "multi", "alpha": a, "beta": b}
+        metrics = {"img/CLIP-I": 50 + 10 * float(a) + float(b) + int(n) + int(s) + i / 100,
+                   "mech/leakage": 20.0 - int(n) - i / 10, "mech/leakage_chance": 100 / int(n)}
+        ms.log_record(uri, study, f"e{i}", f"e{i}", {"metrics": metrics}, tmp_path, tags)
+    name, figure = study, {"sweep": "heatmap", "scaling": "figure"}[study]  # the script's --out-<name>s
+    outs = {f"{name}{form}": tmp_path / "r" / f"{name}{suffix}"
+            for form, suffix in (("", ".csv"), ("_tidy", "_tidy.csv"), ("_md", ".md"), ("_tex", ".tex"))}
+    outs[figure] = tmp_path / "r" / "figure.png"
+    args = [a for k, p in outs.items() for a in (f"--out-{k}", str(p))]
+    assert script.main([study, "--store", str(root), "--generation", "g1", "--config",
+                        '{"methods": {"mosaic": {}}}', *args]) == 0
+    assert all(p.is_file() and p.stat().st_size > 0 for p in outs.values())
+    long = pd.read_csv(outs[f"{name}_tidy"])
+    assert len(long) == len(grid) * 3  # CLIP-I, leakage and its chance per run
+    keys = ["alpha", "beta"] if study == "sweep" else ["method", "n"]
+    wide = pd.read_csv(outs[name])
+    stats = long.groupby([*keys, "metric"])["value"].agg(["mean", "std"])
+    for _, row in wide.iterrows():
+        for metric in ("CLIP-I", "leakage (%)", "leakage at chance (%)"):  # no label tag: the bare name
+            s = stats.loc[(*(row[k] for k in keys), metric)]
+            assert row[metric] == f"{s['mean']:.2f} ± {s['std']:.2f}", (study, metric)

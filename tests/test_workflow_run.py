@@ -33,27 +33,38 @@ def run(micro_run):
 
 def test_ablation_rows_match_the_mlflow_runs(run):
     work, _ = run
-    table = pd.read_csv(work / "results" / "ablation.csv")
+    table = pd.read_csv(work / "results" / "ablation.csv")  # the readable table
+    tidy = pd.read_csv(work / "results" / "tables" / "ablation_tidy.csv", dtype={"seed": "string"})
     assert list(table["method"]) == ["ceiling", "none", "mosaic", "floor"]  # the bounds frame the variants
+    assert not [c for c in table.columns if c.endswith((" mean", " std", " cells", " protocol", "_run_ids"))]
+    assert {"leakage at chance (%)", "subject leakage at chance (%)", "notes", "label"} <= set(table.columns)
     uri = store_uri(work / "results" / "mlflow")
     evals = tables.load_runs(uri, "ablation").set_index("run_id")
     trains = tables.load_runs(uri, "ablation", kind="train").set_index("run_id")
     assert len(evals) == 6 and len(trains) == 4  # 2 variants x 2 seeds + the 2 bounds, one held-out set
-    bounds = table.set_index("method").loc[["ceiling", "floor"]]
-    assert bounds["train_run_ids"].isna().all() and (bounds["runs"] == 1).all()
+    # the tidy table: one row per evaluation run x metric, each value the run's own
+    assert set(tidy["eval_run_id"]) == set(evals.index) and not tidy.duplicated(["eval_run_id", "metric"]).any()
+    assert tidy.groupby("eval_run_id").size().eq(8).all()  # 3 image + 5 mechanism metrics (with the chances)
+    for r in tidy.itertuples():
+        assert r.value == pytest.approx(evals.loc[r.eval_run_id, f"metrics.{r.key}"], nan_ok=True), r
+        assert r.method == evals.loc[r.eval_run_id, "tags.method"]
+    bounds = tidy[tidy["method"].isin(["ceiling", "floor"])]
+    assert bounds["train_run_id"].isna().all() and (table.set_index("method").loc[["ceiling", "floor"], "runs"] == 1).all()
+    clip_t = tidy[tidy["metric"] == "CLIP-T (tiny-world)"].set_index("method")["value"]
     # the ceiling is the real targets, the floor their backgrounds: CLIP-T tells a scene from its empty background
-    assert bounds.loc["ceiling", "CLIP-T (tiny-world) mean"] > bounds.loc["floor", "CLIP-T (tiny-world) mean"]
+    assert clip_t["ceiling"] > clip_t["floor"]
+    md = (work / "results" / "tables" / "ablation.md").read_text()
+    tex = (work / "results" / "tables" / "ablation.tex").read_text()
     for _, row in table[~table["method"].isin(["ceiling", "floor"])].iterrows():
-        ids = row["eval_run_ids"].split(";")
-        runs = evals.loc[ids]
+        mine = tidy[tidy["method"] == row["method"]]
+        runs = evals.loc[mine["eval_run_id"].unique()]
         assert (runs["tags.method"] == row["method"]).all() and sorted(runs["tags.seed"]) == ["0", "1"]
-        assert set(row["train_run_ids"].split(";")) == set(runs["tags.train_run_id"])
-        assert set(runs["tags.train_run_id"]) <= set(trains.index)
+        assert set(mine["train_run_id"]) == set(runs["tags.train_run_id"]) and set(mine["train_run_id"]) <= set(trains.index)
         for metric in ("CLIP-I (tiny-world)", "DINO (tiny-world)", "alignment acc (%)", "leakage (%)"):
             col = {"alignment acc (%)": "metrics.mech/alignment_acc", "leakage (%)": "metrics.mech/leakage"}.get(
                 metric, f"metrics.img/{metric.split(' ')[0]}")
-            assert row[f"{metric} mean"] == pytest.approx(runs[col].mean())
-            assert row[f"{metric} std"] == pytest.approx(runs[col].std())
+            shown = f"{runs[col].mean():.2f} ± {runs[col].std():.2f}"  # straight from MLflow
+            assert row[metric] == shown and f"| {shown} " in md and f"& {shown} " in tex, (row["method"], metric)
     # the training runs carry the trainer's per-step history, copied from the run folders
     from mlflow import MlflowClient
 
@@ -101,10 +112,10 @@ def test_deleted_store_is_rebuilt(run):
     jobs = planned(snakemake(work, cfg, "-n", "results/ablation.csv"))
     assert {r for r, _ in jobs} == {"mlflow_log", "mlflow_log_shared", "tables_ablation"}
     snakemake(work, cfg, "results/ablation.csv")
-    table = pd.read_csv(work / "results" / "ablation.csv")
+    tidy = pd.read_csv(work / "results" / "tables" / "ablation_tidy.csv")
     # a fresh process: this one's MLflow client caches a connection to the deleted database file
     uri = store_uri(work / "results" / "mlflow")
     ids = subprocess.run([sys.executable, "-c", f"from workflow.lib.tables import load_runs; "
                           f"print(' '.join(load_runs({uri!r}, 'ablation')['run_id']))"],
                          capture_output=True, text=True, check=True).stdout.split()
-    assert len(ids) == 6 and set(";".join(table["eval_run_ids"]).split(";")) == set(ids)
+    assert len(ids) == 6 and set(tidy["eval_run_id"]) == set(ids)

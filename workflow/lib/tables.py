@@ -3,9 +3,14 @@
 Why it exists: every number in a table must be traceable to the runs it came from. An evaluation
 run holds one cell (one training seed on one evaluation set of n subjects): image metrics
 `img/<metric>` (means over images; labels such as "CLIP-I (tiny-world)" in tags `label/<metric>`)
-and mechanism metrics `mech/alignment_acc`, `mech/leakage`, `mech/subject_leakage` (%). A table row
-groups cells and reports, per metric, the mean, the standard deviation (pandas, ddof=1; NaN for one cell) and a
-"mean ± std" column, plus the MLflow run ids of its evaluation runs and of their trainings.
+and mechanism metrics `mech/alignment_acc`, `mech/leakage`, `mech/subject_leakage` (%).
+Each table comes in two forms, one computed from the other:
+- the tidy long table (`tidy`): one row per evaluation run x metric, with the run's grid tags, value,
+  protocol, reason and the MLflow ids of the evaluation run and its training;
+- the wide table, computed from the tidy rows (`summarise`): a row per group, per metric the mean, the
+  standard deviation (pandas, ddof=1; NaN for one cell), the count of values and "mean ± std". Its
+  internal form keeps the numbers (`<metric> mean/std/cells/protocol`, run ids; the figures and the paper
+  gaps read them); `readable` is what a reader gets (the study's CSV, Markdown and LaTeX: `write_tables`).
 With the paper's reported values (../shared/paper/mosaic_reported.csv) a row also carries
 `<metric> paper` and `<metric> gap` (measured - reported) where the paper reports that cell; every
 metric of the paper's table is a column, NaN with its reason in `notes` when not measured. A gap is
@@ -21,13 +26,15 @@ protocol (`n run / n in protocol`); otherwise `notes` says why there is none.
 """
 from __future__ import annotations
 
+import itertools
+import numbers
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mosaic.runfolder import atomic_file
+from mosaic.runfolder import atomic_file, atomic_write
 
 from . import paper_columns
 
@@ -70,19 +77,94 @@ def load_runs(tracking_uri: str, experiment: str, kind: str = "eval") -> pd.Data
     return runs
 
 
-def metric_columns(runs: pd.DataFrame, mechanism: bool = True) -> dict[str, str]:
-    """runs column -> display name: the image metrics present (label from the runs' tags), then mechanism."""
-    out = {}
-    names = [c[len("metrics.img/"):] for c in runs.columns if c.startswith("metrics.img/")]
-    for col in [f"metrics.img/{n}" for n in sorted(names, key=lambda n: (ORDER + [n]).index(n))]:
-        if not col.endswith(".min") and runs[col].notna().any():
-            metric = col[len("metrics.img/"):]
-            labels = runs.get(f"tags.label/{metric}", pd.Series(dtype=object)).dropna().unique()
-            out[col] = labels[0] if len(labels) == 1 else metric
-    if mechanism:
-        out.update({c: n for c, n in MECHANISM.items() if c in runs and runs[c].notna().any()})
-    return out
+GRID = ("study", "method", "label", "benchmark", "scenario", "evalset", "ktrain", "n", "seed", "alpha", "beta")
+COUNTS = {"metrics.count/prompts": "prompts", "metrics.count/images": "images", "metrics.entries/total": "entries_total",
+          "metrics.entries/runnable": "entries_runnable", "metrics.entries/skipped": "entries_skipped"}
+TIDY_VALUES = ["metric", "key", "value", "protocol", "reason"]  # the tidy table's per-metric columns
+RUN_IDS = ["eval_run_id", "train_run_id"]
+NUMERIC = (" mean", " std", " cells", " protocol")  # the internal table's per-metric numeric columns
 
+
+def _image_name(key: str) -> str:
+    return key[len("img/"):]
+
+
+def _rank(key: str) -> tuple:
+    """A metric's place in a table: the image metrics in the papers' order (ORDER, then by name), then MECHANISM's."""
+    if key.startswith("img/"):
+        name = _image_name(key)
+        return 0, ORDER.index(name) if name in ORDER else len(ORDER), name
+    return 1, list(MECHANISM).index(f"metrics.{key}"), ""
+
+
+def _keys(runs: pd.DataFrame) -> list[str]:
+    """The table metrics a frame of runs carries (image metrics `metrics.img/<M>`, not the `.min` twins, or a
+    reason `tags.reasons/<M>`; MECHANISM), in table order (_rank)."""
+    names = {c.split("/", 1)[1] for c in runs.columns
+             if (c.startswith("metrics.img/") and not c.endswith(".min")) or c.startswith("tags.reasons/")}
+    return sorted([f"img/{n}" for n in names] + [c[len("metrics."):] for c in MECHANISM if c in runs], key=_rank)
+
+
+def tidy(runs: pd.DataFrame) -> pd.DataFrame:
+    """The long table every aggregate table is computed from: one row per evaluation run x metric, with the
+    run's grid tags (GRID, those the runs have), the metric's display name (`metric`: its `label/<M>` tag where
+    the runs agree on one, MECHANISM's names), its MLflow key, value, protocol tag and reason tag (why NaN or a
+    protocol zero), the run's prompt and entry counts (COUNTS), and the eval and training run ids.
+    A run's metrics are those any run of its benchmark logged a value or a reason for (NaN where it has none);
+    XVerseBench runs also get the kit's per-run AVG (workflow.lib.paper_columns.with_avg)."""
+    runs = runs.reset_index(drop=True)
+    bench = runs["tags.benchmark"] if "tags.benchmark" in runs else pd.Series("", index=runs.index)
+    if (bench == "xversebench").any():
+        avg = paper_columns.with_avg(runs[bench == "xversebench"])
+        runs = runs.copy()
+        for c in (f"metrics.img/{paper_columns.AVG}", f"tags.reasons/{paper_columns.AVG}",
+                  f"tags.protocol/{paper_columns.AVG}"):
+            runs[c] = avg[c].reindex(runs.index)
+    labels = {}  # image metric -> its one display label across the runs, if they agree on one
+    for key in _keys(runs):
+        if key.startswith("img/"):
+            found = runs.get(f"tags.label/{_image_name(key)}", pd.Series(dtype=object)).dropna().unique()
+            labels[key] = found[0] if len(found) == 1 else None
+    grid = [g for g in GRID if f"tags.{g}" in runs]
+    frames = []
+    for _, g in runs.groupby(bench.fillna(""), sort=False):
+        for key in _keys(g.dropna(axis=1, how="all")):
+            col, name = f"metrics.{key}", _image_name(key) if key.startswith("img/") else key
+            label = labels.get(key)
+            if key.startswith("img/") and label is None:  # several labels: each run keeps its own
+                label = g.get(f"tags.label/{name}", pd.Series(index=g.index, dtype=object)).fillna(name)
+            frames.append(pd.DataFrame({
+                **{c: g[f"tags.{c}"] for c in grid},
+                "metric": label if key.startswith("img/") else MECHANISM[col],
+                "key": key,
+                "value": pd.to_numeric(g[col], errors="coerce") if col in g else float("nan"),
+                "protocol": g.get(f"tags.protocol/{name}", pd.Series(index=g.index, dtype=object)),
+                "reason": g.get(f"tags.reasons/{name}", pd.Series(index=g.index, dtype=object)),
+                **{short: pd.to_numeric(g[c], errors="coerce") for c, short in COUNTS.items() if c in g},
+                "eval_run_id": g["run_id"],
+                "train_run_id": g["tags.train_run_id"] if "tags.train_run_id" in g else "",
+            }, index=g.index))
+    if not frames:
+        return pd.DataFrame(columns=[*grid, *TIDY_VALUES, *RUN_IDS])
+    long = pd.concat(frames)
+    # a stable order, whatever order the store returned the runs in: the grid (numbers as numbers), the metrics
+    order = {k: i for i, k in enumerate(_keys(runs))}
+    numeric = {"ktrain", "n", "seed", "alpha", "beta"}
+    long = long.sort_values([*grid, "key"], kind="stable", na_position="first", key=lambda s: (
+        s.map(order) if s.name == "key" else pd.to_numeric(s, errors="coerce") if s.name in numeric else s))
+    cols = [*grid, *TIDY_VALUES, *[c for c in COUNTS.values() if c in long], *RUN_IDS]
+    return long[cols].reset_index(drop=True)
+
+
+def metric_names(long: pd.DataFrame, mechanism: bool = True) -> dict[str, str]:
+    """tidy key -> display name of the metrics measured (a value in some row), in table order (_rank); the
+    mapping add_paper and paper_columns.complete take."""
+    rows = long[long["value"].notna()]
+    if not mechanism:
+        rows = rows[rows["key"].str.startswith("img/")]
+    pairs = sorted(dict.fromkeys(zip(rows["key"], rows["metric"])), key=lambda p: _rank(p[0]))
+    several = {k for k, _ in pairs if sum(k == j for j, _ in pairs) > 1}  # one key, several world labels
+    return {(f"{k}:{m}" if k in several else k): m for k, m in pairs}
 
 def _fmt(mean: float, std: float) -> str:
     if pd.isna(mean):
@@ -96,35 +178,38 @@ def _ids(values: pd.Series) -> str:
 
 def _notes(g: pd.DataFrame) -> str:
     """The metrics' reasons (NaN values and protocol zeros such as "no face detected"), with their counts."""
-    notes = {}
-    for col in g.columns:
-        if col.startswith("tags.reasons/"):
-            for v in g[col].dropna():
-                notes.setdefault(f"{col[len('tags.reasons/'):]}: {v}", None)
-    return " | ".join(notes)
+    why = g[g["reason"].notna()]
+    return " | ".join(dict.fromkeys(f"{k.split('/', 1)[1]}: {r}" for k, r in zip(why["key"], why["reason"])))
 
 
-def summarise(runs: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.DataFrame:
-    """One row per group of `by` (tags, e.g. "method"): per metric mean, std and "mean ± std" over the group's
-    runs; `runs`, the seeds and n values covered, the metrics' reasons (notes), and the eval/train run ids."""
+def _values(tags: pd.Series) -> str:
+    return ",".join(sorted({str(v) for v in tags.dropna() if str(v)}, key=lambda s: (len(s), s)))
+
+
+def summarise(long: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.DataFrame:
+    """One row per group of `by` (tidy columns, e.g. "method") of the tidy table: per metric (the display names
+    in `metrics`) the mean, std (ddof=1; NaN for one cell), `cells` (values) and "mean ± std" over the group's
+    rows of that metric, and for image metrics the protocols they were computed under; `runs`, the seeds and n
+    values covered, the metrics' reasons (notes), and the eval/train run ids."""
+    names = list(dict.fromkeys(metrics.values()))
+    image = set(long.loc[long["key"].str.startswith("img/"), "metric"])
     rows = []
-    for key, g in runs.groupby([f"tags.{b}" for b in by], sort=False, dropna=False):
+    for key, g in long.groupby(by, sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for col, name in metrics.items():
-            v = pd.to_numeric(g[col], errors="coerce") if col in g else pd.Series(dtype=float)
+        for name in names:
+            cell = g[g["metric"] == name]
+            v = cell["value"]
             row[name] = _fmt(v.mean(), v.std())
             row[f"{name} mean"], row[f"{name} std"], row[f"{name} cells"] = v.mean(), v.std(), int(v.notna().sum())
-            if col.startswith("metrics.img/"):  # the protocol names the runs recorded (metrics.evaluate)
-                tag = g.get(f"tags.protocol/{col[len('metrics.img/'):]}", pd.Series(dtype=object))
-                row[f"{name} protocol"] = ";".join(sorted({str(x) for x in tag.dropna() if str(x)}))
-        row["runs"] = len(g)
+            if name in image:  # the protocol names the runs recorded (metrics.evaluate)
+                row[f"{name} protocol"] = ";".join(sorted({str(x) for x in cell["protocol"].dropna() if str(x)}))
+        row["runs"] = g["eval_run_id"].nunique()
         for tag in ("seed", "n"):
-            if f"tags.{tag}" in g:
-                vals = sorted({str(v) for v in g[f"tags.{tag}"].dropna() if str(v)}, key=lambda s: (len(s), s))
-                row[f"{tag}s"] = ",".join(vals)
+            if tag in g:
+                row[f"{tag}s"] = _values(g[tag])
         row["notes"] = _notes(g)
-        row["eval_run_ids"] = _ids(g["run_id"])
-        row["train_run_ids"] = _ids(g["tags.train_run_id"]) if "tags.train_run_id" in g else ""
+        row["eval_run_ids"] = _ids(g["eval_run_id"])
+        row["train_run_ids"] = _ids(g["train_run_id"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -219,26 +304,29 @@ def _front(table: pd.DataFrame, first: list[str], metrics: dict[str, str]) -> pd
     return table[shown + [c for c in table.columns if c not in shown]]
 
 
-def ablation_table(runs: pd.DataFrame, methods: dict[str, dict], paper: pd.DataFrame | None = None,
+def ablation_table(long: pd.DataFrame, methods: dict[str, dict], paper: pd.DataFrame | None = None,
                    profile: str = "paper") -> pd.DataFrame:
-    metrics = metric_columns(runs)
-    t = summarise(runs, ["method", "benchmark", "scenario"], metrics)
+    """method (variant) x benchmark/scenario over seeds and n, from the study's tidy table."""
+    metrics = metric_names(long)
+    t = summarise(long, ["method", "benchmark", "scenario"], metrics)
     t.insert(1, "label", t["method"].map(lambda m: methods.get(m, {}).get("label", "")))
-    t = add_coverage(t, runs, ["method", "benchmark", "scenario"])
+    t = add_coverage(t, long, ["method", "benchmark", "scenario"])
     t = add_paper(t, paper, "ablation", metrics, paper_names(methods, "ablation"), profile)
     return _front(_order(t, list(methods)), ["method", "label", "benchmark", "scenario"], metrics)
 
 
-def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
-    metrics = metric_columns(runs)
-    t = summarise(runs, ["alpha", "beta", "method"], metrics)
+def sweep_table(long: pd.DataFrame) -> pd.DataFrame:
+    """alpha x beta over seeds and n, from the study's tidy table."""
+    metrics = metric_names(long)
+    t = summarise(long, ["alpha", "beta", "method"], metrics)
     t["alpha"], t["beta"] = t["alpha"].astype(float), t["beta"].astype(float)
     return _front(t.sort_values(["alpha", "beta"]), ["alpha", "beta", "method"], metrics)
 
 
-def scaling_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
-    metrics = metric_columns(runs)
-    t = summarise(runs, ["method", "ktrain", "n"], metrics)
+def scaling_table(long: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """method x train K x n over seeds, from the study's tidy table."""
+    metrics = metric_names(long)
+    t = summarise(long, ["method", "ktrain", "n"], metrics)
     # ktrain 0: a bound of the image metrics (mosaic.bounds), which trains nothing
     t["ktrain"] = pd.to_numeric(t["ktrain"], errors="coerce").fillna(0).astype(int)
     t["n"] = t["n"].astype(int)
@@ -266,14 +354,14 @@ def _overall_identity(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def add_coverage(table: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def add_coverage(table: pd.DataFrame, long: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """`n run / n in protocol` per row: the prompts its runs generated / the benchmark protocol's entries (runnable
-    or not), where the runs logged both (benchmark evaluations); other rows get NaN."""
-    if "metrics.entries/total" not in runs or "metrics.count/prompts" not in runs:
+    or not), where the runs logged both (benchmark evaluations; tidy columns prompts, entries_total); other rows
+    get NaN."""
+    if "entries_total" not in long or "prompts" not in long:
         return table
     table = table.copy()
-    per = runs.groupby([f"tags.{b}" for b in by], sort=False, dropna=False)[
-        ["metrics.count/prompts", "metrics.entries/total"]].max()
+    per = long.groupby(by, sort=False, dropna=False)[["prompts", "entries_total"]].max()
     cells = []
     for key in zip(*(table[b] for b in by)):
         run, total = per.loc[key] if key in per.index else (float("nan"), float("nan"))
@@ -282,21 +370,25 @@ def add_coverage(table: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.D
     return table
 
 
-def benchmark_table(runs: pd.DataFrame, benchmark: str, methods: dict[str, dict], paper: pd.DataFrame | None,
+def benchmark_long(long: pd.DataFrame, benchmark: str) -> pd.DataFrame:
+    """The rows of one benchmark's runs (dreambench: the main table, xversebench) of the study's tidy table."""
+    return long[long["benchmark"] == benchmark].reset_index(drop=True) if "benchmark" in long else long.iloc[:0]
+
+
+def benchmark_table(long: pd.DataFrame, benchmark: str, methods: dict[str, dict], paper: pd.DataFrame | None,
                     paper_table: str, profile: str = "paper") -> pd.DataFrame:
-    """DreamBench (main) or XVerseBench: scenario x method over seeds, with prompt/entry counts."""
-    runs = runs[runs["tags.benchmark"] == benchmark]
-    if runs.empty:
+    """DreamBench (main) or XVerseBench: scenario x method over seeds, with prompt/entry counts, from the study's
+    tidy table (the kit's AVG per run is in it already: tidy)."""
+    long = benchmark_long(long, benchmark)
+    if long.empty:
         return pd.DataFrame(columns=["benchmark", "scenario", "method"])
-    if paper_table == "xverse":
-        runs = paper_columns.with_avg(runs)  # the kit's AVG per run (workflow.lib.paper_columns)
-    metrics = metric_columns(runs, mechanism=False)
-    t = summarise(runs, ["benchmark", "scenario", "method"], metrics)
-    for col in ("prompts", "images", "entries/total", "entries/runnable", "entries/skipped"):
-        if f"metrics.{col}" in runs:
-            per = runs.groupby(["tags.scenario", "tags.method"], sort=False)[f"metrics.{col}"].max()
-            t[col.replace("entries/", "")] = [per.get((s, m)) for s, m in zip(t["scenario"], t["method"])]
-    t = add_coverage(t, runs, ["benchmark", "scenario", "method"])
+    metrics = metric_names(long, mechanism=False)
+    t = summarise(long, ["benchmark", "scenario", "method"], metrics)
+    for col in ("prompts", "images", "entries_total", "entries_runnable", "entries_skipped"):
+        if col in long:
+            per = long.groupby(["scenario", "method"], sort=False)[col].max()
+            t[col.replace("entries_", "")] = [per.get((s, m)) for s, m in zip(t["scenario"], t["method"])]
+    t = add_coverage(t, long, ["benchmark", "scenario", "method"])
     t, metrics = paper_columns.complete(t, metrics, paper_columns.paper_metrics(paper, paper_table))
     if paper_table == "xverse":
         t = _overall_identity(paper_columns.overall(t))
@@ -317,3 +409,67 @@ def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 def display_metrics(table: pd.DataFrame) -> list[str]:
     """The display names of the metrics a table carries (columns with a "<name> mean" twin)."""
     return [c[: -len(" mean")] for c in table.columns if c.endswith(" mean")]
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper-style wide table a reader opens (the study's CSV): its keys and labels, coverage, "mean ± std"
+    per metric (chance columns included), paper value and gap, counts, runs/seeds/ns and notes; the numbers behind
+    it (means, stds, cells, protocols, run ids) are the tidy table's."""
+    numeric = [f"{n}{s}" for n in display_metrics(table) for s in NUMERIC] + ["eval_run_ids", "train_run_ids"]
+    return table.drop(columns=[c for c in numeric if c in table])
+
+
+def _cell(value: Any, column: str) -> str:
+    if not isinstance(value, str) and pd.isna(value):
+        return ""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return f"{value:.2f}" if column.endswith((" paper", " gap")) else f"{value:g}"
+    return str(value)
+
+
+def shown(wide: pd.DataFrame) -> pd.DataFrame:
+    """The readable table as the text Markdown and LaTeX print (paper and gap to 2 decimals, NaN blank), notes
+    aside."""
+    out = wide.drop(columns=[c for c in ("notes",) if c in wide])
+    return pd.DataFrame({c: [_cell(v, c) for v in out[c]] for c in out.columns}, index=out.index, dtype=object)
+
+
+def row_keys(table: pd.DataFrame) -> list[str]:
+    """The columns that name a row (method, label, benchmark, ...): those before the coverage or first metric."""
+    stop = {COVERAGE, *display_metrics(table)}
+    return list(itertools.takewhile(lambda c: c not in stop, table.columns))
+
+
+def markdown(wide: pd.DataFrame, title: str, keys: list[str]) -> str:
+    """The readable table in Markdown (pandas to_markdown, GitHub pipes), its rows' notes listed under it, each
+    named by its `keys`."""
+    text = f"# {title}\n\n" + shown(wide).to_markdown(index=False, disable_numparse=True) + "\n"
+    notes = [(r, n) for r, n in zip(shown(wide[keys]).itertuples(index=False),
+                                    wide.get("notes", pd.Series(dtype=object))) if isinstance(n, str) and n]
+    if notes:
+        text += "\nNotes:\n\n" + "".join(f"- {' / '.join(v for v in r if v)}: {n}\n" for r, n in notes)
+    return text
+
+
+def latex(wide: pd.DataFrame, title: str, keys: list[str] | None = None) -> str:
+    """The readable table as a LaTeX tabular (pandas to_latex, escaped; needs booktabs), notes aside (`keys`:
+    unused, the signature markdown shares)."""
+    body = shown(wide).to_latex(index=False, escape=True, column_format="l" * len(shown(wide).columns))
+    return f"% {title}: from the study's MLflow runs (workflow/lib/tables.py); needs \\usepackage{{booktabs}}\n{body}"
+
+
+def write_tables(table: pd.DataFrame, long: pd.DataFrame, csv: str | os.PathLike,
+                 tidy_csv: str | os.PathLike | None = None, md: str | os.PathLike | None = None,
+                 tex: str | os.PathLike | None = None, title: str = "") -> pd.DataFrame:
+    """Write one table's forms atomically: the readable wide CSV (`readable`), the tidy long CSV it was computed
+    from, Markdown and LaTeX; returns the readable table."""
+    wide, keys = readable(table), row_keys(table)
+    write_csv(wide, csv)
+    if tidy_csv:
+        write_csv(long, tidy_csv)
+    title = title or Path(csv).stem
+    for path, text in ((md, markdown), (tex, latex)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, text(wide, title, keys))
+    return wide

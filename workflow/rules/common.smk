@@ -422,15 +422,29 @@ def table_params(study):
                        "paper_values": config.get("paper_values"), "profile": config["profile"]})
 
 
+def table_forms(key, csv):
+    """A table's files: its readable CSV and, under <results>/tables/, the tidy long CSV it is computed from
+    (<name>_tidy.csv), Markdown (<name>.md) and LaTeX (<name>.tex); keys <key>, <key>_tidy, <key>_md, <key>_tex."""
+    name = os.path.basename(csv)[: -len(".csv")]
+    return {key: csv, f"{key}_tidy": f"{R}/tables/{name}_tidy.csv", f"{key}_md": f"{R}/tables/{name}.md",
+            f"{key}_tex": f"{R}/tables/{name}.tex"}
+
+
 TABLE_OUTPUTS = {
-    "ablation": {"ablation": f"{R}/ablation.csv", "attention": f"{R}/figures/attention"},
-    "sweep": {"sweep": f"{R}/sweep_alpha_beta.csv", "heatmap": f"{R}/figures/sweep_alpha_beta.png"},
-    "scaling": {"scaling": f"{R}/scaling.csv", "figure": f"{R}/figures/scaling.png"},
-    "benchmark": {"main": f"{R}/tables/main.csv", "xversebench": f"{R}/tables/xversebench.csv"},
+    "ablation": {**table_forms("ablation", f"{R}/ablation.csv"), "attention": f"{R}/figures/attention"},
+    "sweep": {**table_forms("sweep", f"{R}/sweep_alpha_beta.csv"), "heatmap": f"{R}/figures/sweep_alpha_beta.png"},
+    "scaling": {**table_forms("scaling", f"{R}/scaling.csv"), "figure": f"{R}/figures/scaling.png"},
+    "benchmark": {**table_forms("main", f"{R}/tables/main.csv"),
+                  **table_forms("xversebench", f"{R}/tables/xversebench.csv")},
 }
+TABLE_FORMS = {"_tidy": "Tidy tables", "_md": "Markdown tables", "_tex": "LaTeX tables"}  # report subcategories
 
 
 def table_report(study, key, path):
+    form = next((f for f in TABLE_FORMS if key.endswith(f)), None)
+    if form:  # one caption per form (workflow/report/table<form>.rst), whichever table it is
+        return report(path, caption=f"../report/table{form}.rst", category=study.capitalize(),
+                      subcategory=TABLE_FORMS[form])
     caption = f"../report/{study}_{key}.rst"
     if key == "attention":
         return report(directory(path), patterns=["{name}.png"], caption=caption, category="Ablation",
