@@ -166,7 +166,7 @@ def collect(tracking_uri: str, experiments: list[str], store: str | os.PathLike,
                 entry = str(item.info.get("entry") or item.id)
                 row = rows.get((evalset, entry))
                 if row is None:
-                    refs = [(locate(r.image, results), r.phrase) for r in item.references]
+                    refs = [(locate(r.image, results), r.phrase or r.word) for r in item.references]  # benchmarks: the word
                     row = rows[(evalset, entry)] = Row(evalset, entry, item.prompt, refs,
                                                        ground_truth(refs[0][0] if refs else None, entry))
                 maps = (item.info.get("meta") or {}).get("attention_maps") or []
