@@ -46,16 +46,15 @@ def write_config(folder: Path, cfg: dict, name: str = "micro.yaml") -> Path:
     return path
 
 
-RUN_ID_COLUMNS = ["eval_run_id", "train_run_id"]  # the tidy table's MLflow ids: different by construction
-
-
 def assert_same_ablation_tables(a: Path, b: Path) -> None:
     """The ablation table of two finished runs (their results folders) is the same in every form: the readable
     CSV, the tidy CSV (run ids aside), the Markdown and the LaTeX."""
     import pandas as pd
 
+    from workflow.lib.tables import RUN_IDS  # the tidy table's MLflow ids: different by construction
+
     pd.testing.assert_frame_equal(pd.read_csv(a / "ablation.csv"), pd.read_csv(b / "ablation.csv"), check_exact=True)
-    tidy = [pd.read_csv(r / "tables" / "ablation_tidy.csv").drop(columns=RUN_ID_COLUMNS) for r in (a, b)]
+    tidy = [pd.read_csv(r / "tables" / "ablation_tidy.csv").drop(columns=RUN_IDS) for r in (a, b)]
     pd.testing.assert_frame_equal(*tidy, check_exact=True)
     for name in ("ablation.md", "ablation.tex"):
         assert (a / "tables" / name).read_text() == (b / "tables" / name).read_text(), name

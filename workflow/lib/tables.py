@@ -451,10 +451,10 @@ def markdown(wide: pd.DataFrame, title: str, keys: list[str]) -> str:
     return text
 
 
-def latex(wide: pd.DataFrame, title: str, keys: list[str] | None = None) -> str:
-    """The readable table as a LaTeX tabular (pandas to_latex, escaped; needs booktabs), notes aside (`keys`:
-    unused, the signature markdown shares)."""
-    body = shown(wide).to_latex(index=False, escape=True, column_format="l" * len(shown(wide).columns))
+def latex(wide: pd.DataFrame, title: str) -> str:
+    """The readable table as a LaTeX tabular (pandas to_latex, escaped; needs booktabs), notes aside."""
+    text = shown(wide)
+    body = text.to_latex(index=False, escape=True, column_format="l" * len(text.columns))
     return f"% {title}: from the study's MLflow runs (workflow/lib/tables.py); needs \\usepackage{{booktabs}}\n{body}"
 
 
@@ -468,8 +468,13 @@ def write_tables(table: pd.DataFrame, long: pd.DataFrame, csv: str | os.PathLike
     if tidy_csv:
         write_csv(long, tidy_csv)
     title = title or Path(csv).stem
-    for path, text in ((md, markdown), (tex, latex)):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, text(wide, title, keys))
+    if md:
+        _write_text(md, markdown(wide, title, keys))
+    if tex:
+        _write_text(tex, latex(wide, title))
     return wide
+
+
+def _write_text(path: str | os.PathLike, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text)
