@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k-max", type=int, default=4, help="most subjects per sample")
     g.add_argument("--target-size", type=int, default=96, help="target image side in px")
     g.add_argument("--ref-size", type=int, default=48, help="reference image side in px")
+    g.add_argument("--world", default="blobs", help="named world (mosaic.data.synthetic.WORLDS): blobs (version 2, "
+                   "free layout, full phrases) or places (subjects in named places, identity only in the references)")
     g.add_argument("--shared-colours", action="store_true",
                    help="let a sample's subjects share colours (generator version 1's rule: similar subjects)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
@@ -59,9 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _generate(args) -> int:
-    from .synthetic import SyntheticConfig, generate_dataset
+    from .synthetic import generate_dataset, world_config
 
-    cfg = replace(SyntheticConfig(), target_size=args.target_size, ref_size=args.ref_size,
+    cfg = replace(world_config(args.world), target_size=args.target_size, ref_size=args.ref_size,
                   distinct_colours=not args.shared_colours)
     out = generate_dataset(args.out, args.n, args.seed, args.split, args.k_min, args.k_max, cfg, args.overwrite)
     print(f"wrote {args.n} {args.split} samples (K in [{args.k_min}, {args.k_max}], seed {args.seed}) to {out}")

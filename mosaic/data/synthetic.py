@@ -27,6 +27,16 @@ share their primary colour. Without it (generator version 1), 35% of the subject
 K = 4 sample shared a colour, the tiny model's 8-px tokens told such subjects apart poorly, and
 neither loss changed which subject a reference attended to (bench/mechanism_check.py: subject
 leakage at chance for all four variants).
+
+Two worlds share this code (`WORLDS`, chosen by name):
+- `blobs` (generator version 2): free layout, the prompt names each subject's colour, pattern and
+  shape ("a red striped cross"). The tiny base learnt colours and backgrounds from it, never shapes,
+  and a model without references could reach every metric from the prompt alone.
+- `places` (generator version 3, issue 22): each subject stands in one of the slots of a
+  `grid` (3 x 2 by default: top/bottom x left/centre/right, so K <= 6) and the prompt names only
+  what a person would write without seeing it: its kind and its place ("a cross at the top
+  left"). Colours and texture, what tells one identity from another of its kind, come only from
+  its reference, so identity blending and attribute leakage can show and be measured per subject.
 """
 from __future__ import annotations
 
@@ -40,7 +50,7 @@ import numpy as np
 
 from .sample import DatasetWriter, Reference, Sample
 
-GENERATOR_VERSION = 2  # 2: distinct_colours
+GENERATOR_VERSION = 3  # 2: distinct_colours; 3: the places world (layout, phrase, vocabulary settings)
 SPLITS = ("train", "val", "test")
 
 # Named colours: the words used in prompts. Subject colours are saturated; backgrounds pale.
@@ -90,10 +100,59 @@ class SyntheticConfig:
     ref_rotation: float = 10.0  # degrees, reference view jitter
     min_visible: float = 0.6  # each subject keeps at least this fraction of its area visible
     distinct_colours: bool = True  # a sample's subjects share no colour (failing that, no primary colour)
+    shapes: tuple[str, ...] = SHAPES  # the identities' kinds
+    patterns: tuple[str, ...] = tuple(PATTERNS)
+    frequency: tuple[float, float] = (3.0, 6.0)  # pattern periods across a subject's width
+    textured_background: bool = True  # targets: plain, noisy or shaded backgrounds (else plain)
+    layout: str = "free"  # "free": anywhere, z-ordered; "places": one subject per slot of `grid`
+    grid: tuple[int, int] = (3, 2)  # places layout: columns, rows
+    fill: float = 0.92  # places layout: subject diameter / the slot's shorter side, before a 0.9-1 jitter
+    phrase: str = "full"  # "full": colour, pattern and shape; "kind": the shape and its place only
+
+    def __post_init__(self):
+        for name, value, known in (("layout", self.layout, LAYOUTS), ("phrase", self.phrase, PHRASES)):
+            if value not in known:
+                raise ValueError(f"SyntheticConfig.{name} = {value!r}: must be one of {', '.join(known)}")
+        unknown = [x for x in self.shapes if x not in SHAPES] + [x for x in self.patterns if x not in PATTERNS]
+        if unknown or not self.shapes or not self.patterns:
+            raise ValueError(f"SyntheticConfig shapes/patterns: unknown or empty ({unknown}); known shapes "
+                             f"{', '.join(SHAPES)}, patterns {', '.join(PATTERNS)}")
+        if self.phrase == "kind" and self.layout != "places":
+            raise ValueError("SyntheticConfig.phrase = 'kind' needs layout = 'places' (the place tells subjects apart)")
+        if self.layout == "places" and self.max_k > self.grid[0] * self.grid[1]:
+            raise ValueError(f"SyntheticConfig.max_k = {self.max_k}: a {self.grid[0]} x {self.grid[1]} grid has "
+                             f"{self.grid[0] * self.grid[1]} places")
 
     @property
     def res(self) -> int:
         return self.canonical_res or max(8, 2 * self.ref_size // 3)
+
+    def places(self) -> list[tuple[str, tuple[int, int, int, int]]]:
+        """The places layout's slots, row by row: (name, (y0, x0, y1, x1) in target pixels)."""
+        cols, rows = self.grid
+        col_words = {1: ["centre"], 2: ["left", "right"], 3: ["left", "centre", "right"]}[cols]
+        row_words = {1: [""], 2: ["top", "bottom"], 3: ["top", "middle", "bottom"]}[rows]
+        ys, xs = np.linspace(0, self.target_size, rows + 1).round(), np.linspace(0, self.target_size, cols + 1).round()
+        return [(f"{rw} {cw}".strip(), (int(ys[r]), int(xs[c]), int(ys[r + 1]), int(xs[c + 1])))
+                for r, rw in enumerate(row_words) for c, cw in enumerate(col_words)]
+
+
+LAYOUTS = ("free", "places")
+PHRASES = ("full", "kind")
+# The worlds by name (the data config's `world`); sizes come from the profile.
+WORLDS: dict[str, dict[str, Any]] = {
+    "blobs": {},
+    "places": dict(layout="places", phrase="kind", grid=(3, 2), max_k=6, shapes=("disk", "square", "triangle", "cross"),
+                   patterns=("stripes", "checker"), frequency=(2.0, 3.0), textured_background=False,
+                   max_rotation=15.0),
+}
+
+
+def world_config(world: str, **sizes) -> SyntheticConfig:
+    """The `SyntheticConfig` of a named world at the given sizes (target_size, ref_size)."""
+    if world not in WORLDS:
+        raise ValueError(f"world {world!r}: must be one of {', '.join(WORLDS)}")
+    return SyntheticConfig(**{**WORLDS[world], **sizes})
 
 
 @dataclass(frozen=True)
@@ -109,8 +168,15 @@ class Identity:
 
     @property
     def phrase(self) -> str:
-        words = f"{self.primary} {PATTERNS[self.pattern]} {self.shape}"
-        return ("an " if words[0] in "aeiou" else "a ") + words
+        return _article(f"{self.primary} {PATTERNS[self.pattern]} {self.shape}")
+
+    def describe(self, cfg: SyntheticConfig, place: str | None = None) -> str:
+        """The words a prompt uses for this subject: all its details, or (phrase "kind") its kind and place."""
+        return self.phrase if cfg.phrase == "full" else f"{_article(self.shape)} at the {place}"
+
+
+def _article(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
 
 
 @dataclass(frozen=True)
@@ -258,17 +324,18 @@ def reference_lookup(ref: Rendering, pose: Pose, res: int) -> np.ndarray:
 # ---------------------------------------------------------------- identities and splits
 
 @functools.lru_cache(maxsize=8)
-def _identity_pool(world_seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, tuple[Identity, ...]]:
+def _identity_pool(world_seed: int, n_train: int, n_val: int, n_test: int, shapes: tuple[str, ...],
+                   patterns: tuple[str, ...], frequency: tuple[float, float]) -> dict[str, tuple[Identity, ...]]:
     rng = np.random.default_rng([world_seed, 0])
     colours = list(COLOURS)
     total, seen, pool = n_train + n_val + n_test, set(), []
-    if total > len(SHAPES) * len(colours) * (len(colours) - 1) * len(PATTERNS) // 2:
+    if total > len(shapes) * len(colours) * (len(colours) - 1) * len(patterns) // 2:
         raise ValueError(f"{total} identities requested; the vocabulary cannot make that many distinct ones")
     while len(pool) < total:
-        shape = SHAPES[rng.integers(len(SHAPES))]
+        shape = shapes[rng.integers(len(shapes))]
         primary, secondary = (colours[i] for i in rng.choice(len(colours), 2, replace=False))
-        pattern = list(PATTERNS)[rng.integers(len(PATTERNS))]
-        freq, orient, phase = rng.uniform(3.0, 6.0), rng.uniform(0.0, 180.0), rng.uniform(0.0, 1.0)
+        pattern = patterns[rng.integers(len(patterns))]
+        freq, orient, phase = rng.uniform(*frequency), rng.uniform(0.0, 180.0), rng.uniform(0.0, 1.0)
         key = (shape, primary, secondary, pattern)
         if key in seen:
             continue
@@ -284,7 +351,8 @@ def identities(split: str, cfg: SyntheticConfig | None = None) -> tuple[Identity
     cfg = cfg or SyntheticConfig()
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: must be one of {', '.join(SPLITS)}")
-    return _identity_pool(cfg.world_seed, cfg.n_train, cfg.n_val, cfg.n_test)[split]
+    return _identity_pool(cfg.world_seed, cfg.n_train, cfg.n_val, cfg.n_test, tuple(cfg.shapes), tuple(cfg.patterns),
+                          tuple(cfg.frequency))[split]
 
 
 # ---------------------------------------------------------------- samples
@@ -313,10 +381,40 @@ def _reference_pose(rng: np.random.Generator, cfg: SyntheticConfig) -> Pose:
                 round(float(rng.uniform(-cfg.ref_rotation, cfg.ref_rotation)), 2), bool(rng.random() < 0.5))
 
 
+def _render_all(subjects: list[Identity], poses: list[Pose], cfg: SyntheticConfig
+                ) -> tuple[list[Rendering], np.ndarray]:
+    """Renderings of posed subjects and their owner map (later subjects drawn on top)."""
+    size = cfg.target_size
+    rends, owner = [], np.full((size, size), -1, np.int64)
+    for j, (ident, pose) in enumerate(zip(subjects, poses)):
+        rends.append(render_subject(ident, pose, (size, size), cfg.res))
+        owner[rends[-1].mask] = j
+    return rends, owner
+
+
+def _places_layout(rng: np.random.Generator, subjects: list[Identity], cfg: SyntheticConfig
+                   ) -> tuple[list[Pose], list[Rendering], np.ndarray, list[int]]:
+    """One subject per slot of `cfg.grid` (distinct slots, drawn at random), centred in it up to the
+    slot's slack, diameter `fill` of its shorter side (x 0.9-1). Slots do not overlap: no occlusion."""
+    slots = cfg.places()
+    chosen = [int(i) for i in rng.choice(len(slots), len(subjects), replace=False)]
+    poses = []
+    for i in chosen:
+        y0, x0, y1, x1 = slots[i][1]
+        radius = min(y1 - y0, x1 - x0) / 2 * cfg.fill * rng.uniform(0.9, 1.0)
+        (jy, jx) = rng.uniform(-1.0, 1.0, 2) * np.maximum(0.0, [(y1 - y0) / 2 - radius, (x1 - x0) / 2 - radius])
+        poses.append(Pose(round(float((y0 + y1) / 2 + jy), 3), round(float((x0 + x1) / 2 + jx), 3),
+                          round(float(radius), 3), round(float(rng.uniform(-cfg.max_rotation, cfg.max_rotation)), 2),
+                          bool(rng.random() < 0.5)))
+    return poses, *_render_all(subjects, poses, cfg), chosen
+
+
 def _layout(rng: np.random.Generator, subjects: list[Identity], cfg: SyntheticConfig
-            ) -> tuple[list[Pose], list[Rendering], np.ndarray]:
+            ) -> tuple[list[Pose], list[Rendering], np.ndarray, list[int] | None]:
     """Place subjects in z-order so each keeps >= min_visible of its area; returns poses,
     renderings and the owner map (index of the visible subject per pixel, -1 for background)."""
+    if cfg.layout == "places":
+        return _places_layout(rng, subjects, cfg)
     size, k = cfg.target_size, len(subjects)
     crowd = min(1.0, (2.0 / k) ** 0.4)
     for attempt in range(20):
@@ -338,7 +436,7 @@ def _layout(rng: np.random.Generator, subjects: list[Identity], cfg: SyntheticCo
             else:
                 break  # this subject found no place: start the layout again, smaller
         if len(poses) == k:
-            return poses, rends, owner
+            return poses, rends, owner, None
     raise ValueError(f"could not place {k} subjects in {size}x{size} px with {cfg.min_visible:.0%} visible each")
 
 
@@ -382,8 +480,10 @@ def generate_sample(seed: int, split: str, index: int, k: int, cfg: SyntheticCon
         raise ValueError(f"split {split!r} has fewer than {k} identities with distinct phrases"
                          + (" and colours" if cfg.distinct_colours else ""))
 
-    target, bg = _background(rng, cfg.target_size, textured=True)
-    poses, rends, owner = _layout(rng, subjects, cfg)
+    target, bg = _background(rng, cfg.target_size, textured=cfg.textured_background)
+    poses, rends, owner, slots = _layout(rng, subjects, cfg)
+    places = [cfg.places()[i] for i in slots] if slots is not None else [None] * k
+    words = [ident.describe(cfg, place and place[0]) for ident, place in zip(subjects, places)]
     for j, r in enumerate(rends):
         target[owner == j] = r.rgb[owner == j]
     masks = owner[None] == np.arange(k)[:, None, None]
@@ -398,11 +498,12 @@ def generate_sample(seed: int, split: str, index: int, k: int, cfg: SyntheticCon
         src = reference_lookup(ref, ref_pose, cfg.res)[r.cell[ty, tx]]
         keep = src >= 0
         pts = np.stack([src[keep] // cfg.ref_size, src[keep] % cfg.ref_size, ty[keep], tx[keep]], 1).astype(np.int32)
-        refs.append(Reference(ref_img, ident.phrase, pts, ident.id))
+        refs.append(Reference(ref_img, words[j], pts, ident.id))
         subj_meta.append({**asdict(ident), "target_pose": _pose_meta(pose), "ref_pose": _pose_meta(ref_pose),
-                          "ref_background": ref_bg["colour"]})
+                          "ref_background": ref_bg["colour"]}
+                         | ({"place": places[j][0], "slot": list(places[j][1])} if places[j] else {}))
 
-    phrases = [s.phrase for s in subjects]
+    phrases = words
     listed = phrases[0] if k == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     prompt = f"{listed} on a {bg['colour']} background"
     meta = {"seed": seed, "split": split, "index": index, "background": bg, "subjects": subj_meta}
@@ -416,7 +517,7 @@ def background_only(seed: int, split: str, index: int, k: int, cfg: SyntheticCon
     pool = identities(split, cfg)
     rng = np.random.default_rng([seed, _split_code(split), index, 0])
     rng.permutation(len(pool))  # the draws generate_sample makes before the background
-    return _background(rng, cfg.target_size, textured=True)[0]
+    return _background(rng, cfg.target_size, textured=cfg.textured_background)[0]
 
 
 def sample_k(seed: int, split: str, index: int, k_min: int, k_max: int) -> int:

@@ -11,7 +11,8 @@ shape (512 x 4096, pooled 768), so the real trainer and sampler run at FLUX.1-de
 weights at all. Its numbers are speed and memory, never image quality.
 
 Tiny/debug token channels: the pixel codec pixel-unshuffles by 4 (3*4*4 = 48 channels) and packs
-2x2 like FLUX latents, so in_channels = 48*4 = 192 (one token per 8 px).
+2x2 like FLUX latents, so in_channels = 48*4 = 192 (one token per 8 px). `tiny4` unshuffles by 2:
+in_channels = 12*4 = 48, one token per 4 px.
 """
 from __future__ import annotations
 
@@ -71,6 +72,18 @@ FLAVOURS: Registry[Flavour] = Registry("model flavour", {
         text=dict(kind="hashed", max_length=32, dim=64, pooled_dim=64),  # K = 6 prompts: <= 30 words
         max_refs=4,
         prediction="x0",  # 192-dim pixel tokens through a 128-wide model (docs/tiny_base_design.md)
+    ),
+    "tiny4": Flavour(
+        name="tiny4",
+        transformer=dict(patch_size=1, in_channels=48, num_layers=3, num_single_layers=2, attention_head_dim=32,
+                         num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
+                         guidance_embeds=True, axes_dims_rope=(8, 12, 12)),
+        codec=dict(kind="pixel", downsample=2, patch=2),
+        text=dict(kind="hashed", max_length=48, dim=64, pooled_dim=64),  # K = 6 places prompts: <= 42 words
+        max_refs=6,
+        prediction="x0",
+        notes="the places world (issue 22): 4-px tokens (48 channels), so a 72-px target is 18 x 18 tokens and "
+              "a subject about 5 tokens across",
     ),
     "debug": Flavour(
         name="debug",

@@ -15,13 +15,14 @@ rule synthetic_split:
         s=lambda wc: split_settings(wc.split),
         ids=lambda wc: identity_split(wc.split),
         seed=config["data"]["seed"],
+        world=config["data"].get("world", "blobs"),
         tsize=config["data"]["target_size"],
         rsize=config["data"]["ref_size"],
     wildcard_constraints:
         split=r"(train|base)_k\d+|val|test_k\d+",
     shell:
         "python -m mosaic.cli data generate --out {output} --split {params.ids} --seed {params.seed}"
-        " --n {params.s[0]} --k-min {params.s[1]} --k-max {params.s[2]}"
+        " --n {params.s[0]} --k-min {params.s[1]} --k-max {params.s[2]} --world {params.world}"
         " --target-size {params.tsize} --ref-size {params.rsize} > {log} 2>&1"
 
 
