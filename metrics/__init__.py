@@ -1,4 +1,4 @@
-"""Evaluation metrics (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism metrics).
+"""Evaluation metrics (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism metrics, the places world's per-subject scores).
 
 Entry points: `metrics.evaluate.evaluate` / `evaluate_folder` (library), `mosaic eval` (CLI),
 `metrics.evaluators.train_evaluators` (the tiny profile's CLIP and DINO). The generated-images

@@ -31,6 +31,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "aes": {"protocol": "xverse", "encoder": None, "head": None},
     "unified_reward": {"model": None},
     "mechanism": {},
+    "subjects": {"model": None},  # the tiny places world's per-subject scores (metrics.subjects); no paper use
 }
 PROFILES = {"paper": PAPER}
 

@@ -35,6 +35,7 @@ from mosaic.runfolder import MANIFEST_FILE, atomic_dir
 
 from . import clip, dino, faces, hps, ipsim, mechanism  # noqa: F401  (register the metrics)
 from . import aes, dpg, unified_reward  # noqa: F401  (XVerseBench DPG and AES; UnifiedReward)
+from . import subjects  # noqa: F401  (the places world's per-subject scores)
 from .manifest import Item, read_items
 from .registry import METRICS, Context, MetricUnavailable, Row
 

@@ -17,7 +17,8 @@ One line (keys marked * are required)::
          "phrase": "a backpack",    the subject's phrase as written in the prompt
          "category": "object",      "human" enables ID-Sim; "object"/"animal"/"live"/... IP-Sim
          "token": "sks",            a special subject token; CLIP-T strips it from the prompt
-         "mask": "masks/x_0.png"}   optional: this subject's visible mask in the generated image
+         "mask": "masks/x_0.png",   optional: this subject's visible mask in the generated image
+         "box": [y0, x0, y1, x1]}   optional: the place the prompt puts it at, in generated-image px
       ],                                                  (L image, >127 = subject; IP-Sim "masks")
       "id": "dreambench-multi-0003_s42",   default: the image path
       "clip_t_prompt": "...",              default: the prompt without the references' tokens
@@ -58,6 +59,16 @@ class RefInput:
     category: str = ""
     token: str = ""
     mask: Path | None = None
+    box: tuple[int, int, int, int] | None = None  # the prompted place (the places world), image px
+
+
+def _box(value, where: str) -> tuple[int, int, int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 4 or not all(isinstance(v, int) for v in value)
+            or not (0 <= value[0] < value[2] and 0 <= value[1] < value[3])):
+        raise ManifestError(f"{where}: must be [y0, x0, y1, x1], integers with y0 < y1 and x0 < x1, got {value!r}")
+    return tuple(value)
 
 
 @dataclass
@@ -118,6 +129,7 @@ def parse_record(rec: Any, base: Path, where: str) -> Item:
             category=str(r.get("category") or "").lower(),
             token=str(r.get("token") or ""),
             mask=_path(base, r["mask"], f"{rw}.mask") if r.get("mask") else None,
+            box=_box(r.get("box"), f"{rw}.box"),
         ))
     seed = rec.get("seed")
     if seed is not None and not isinstance(seed, int):

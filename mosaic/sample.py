@@ -192,8 +192,10 @@ def dataset_requests(root: str | os.PathLike) -> list[Request]:
     for rec in read_manifest(root):
         refs = [root / r["image"] for r in rec["references"]]
         phrases = [r["phrase"] for r in rec["references"]]
+        places = [m.get("slot") for m in (rec.get("meta") or {}).get("subjects", [])] or [None] * len(refs)
         out.append(Request(rec["id"], rec["prompt"], refs, phrases, {
-            "references": [{"image": str(p), "phrase": ph, "category": "object"} for p, ph in zip(refs, phrases)],
+            "references": [{"image": str(p), "phrase": ph, "category": "object"} | ({"box": box} if box else {})
+                           for p, ph, box in zip(refs, phrases, places)],
             "benchmark": root.name, "scenario": "multi" if len(refs) > 1 else "single", "entry": rec["id"]}))
     return out
 

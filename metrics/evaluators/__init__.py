@@ -8,10 +8,11 @@ on train-split identities only. Training is kept out of the scoring modules: `me
 - `world`: the synthetic world's views, canvases, captions, recolourings and crops;
 - `clip_training`: the tiny CLIP (contrastive on scenes and subject crops) and its folder;
 - `dino_training`: the tiny DINO (self-distillation on two renderings of a subject) and its folder;
-- `validation`: ROC-AUCs and caption retrieval on test-split identities, which training never saw.
+- `validation`: ROC-AUCs and caption retrieval on test-split identities, which training never saw;
+- `shape_training`: the places world's shape classifier (`Shape-Acc`), trained on real place crops.
 
 `train_evaluators(out)` (or `python -m metrics.evaluators OUT`) writes `clip/` and `dino/`
-(loadable as `local-dir:` models), `metrics_config.json` (the tiny profile's metrics config) and
+(loadable as `local-dir:` models), in the places world `shape/`, `metrics_config.json` (the tiny profile's metrics config) and
 `validation.json`. Their numbers are tiny-world numbers: comparable within this world only.
 """
 from __future__ import annotations
@@ -30,20 +31,23 @@ from ..clip import ClipModel
 from ..dino import DinoModel
 from .clip_training import save_clip, train_clip
 from .dino_training import save_dino, train_dino
+from .shape_training import save_shape_classifier, train_shape_classifier
 from .validation import check_evaluators, held_out_views
 from .world import clip_canvases, rendering_pairs
 
 __all__ = ["metrics_config", "train_evaluators"]
 
 
-def metrics_config(out: Path | None = None) -> dict[str, Any]:
+def metrics_config(out: Path | None = None, places: bool = False) -> dict[str, Any]:
     """The tiny profile's metrics config pointing at the evaluators in `out`; without `out`, paths relative
-    to the folder of the `metrics_config.json` written into it (metrics.config.load_config resolves them)."""
+    to the folder of the `metrics_config.json` written into it (metrics.config.load_config resolves them).
+    `places`: with the per-subject section (metrics.subjects) and its shape classifier."""
     where = (lambda name: (out / name).resolve()) if out is not None else (lambda name: name)
     clip = {"model": f"local-dir:{where('clip')}", "world": "tiny"}
     dino = {"model": f"local-dir:{where('dino')}", "world": "tiny"}
+    subjects = {"subjects": {"model": f"local-dir:{where('shape')}"}} if places else {}
     return {"clip_i": clip, "clip_t": dict(clip), "dino": dino, "ip_sim": {"localiser": "masks", "max_instances": 3},
-            "mechanism": {}}
+            "mechanism": {}, **subjects}
 
 
 def train_evaluators(out: str | os.PathLike, clip_steps: int = 1200, dino_steps: int = 400, seed: int = 0,
@@ -66,13 +70,18 @@ def train_evaluators(out: str | os.PathLike, clip_steps: int = 1200, dino_steps:
         t_dino = time.monotonic()
         save_dino(train_dino(pairs, cap, seed, max_steps=dino_steps, log=log), tmp / "dino")
         t_end = time.monotonic()
+        places = cfg is not None and cfg.layout == "places"
+        shape = {}
+        if places:
+            clf, shape = train_shape_classifier(cfg, n_train, seed=seed, log=log)
+            save_shape_classifier(clf, tmp / "shape")
         cfg_tmp = metrics_config(tmp)
         result = check_evaluators(ClipModel("clip_i", cfg_tmp["clip_i"]["model"]), DinoModel("dino", cfg_tmp["dino"]),
                                   held_out_views(cfg=cfg))
         result.update(clip_steps=clip_steps, dino_steps=dino_steps, clip_seconds=round(t_dino - t_clip, 1),
                       dino_seconds=round(t_end - t_dino, 1), seed=seed, n_train_samples=n_train,
-                      world="tiny: comparable within the synthetic world only")
+                      world="tiny: comparable within the synthetic world only", **shape)
         log(json.dumps(result, indent=2))
         (tmp / "validation.json").write_text(json.dumps(result, indent=2))
-        (tmp / "metrics_config.json").write_text(json.dumps(metrics_config(), indent=2))
+        (tmp / "metrics_config.json").write_text(json.dumps(metrics_config(places=places), indent=2))
     return out

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mosaic.data.synthetic import world_config
+
 from . import train_evaluators
 
 
@@ -17,10 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dino-steps", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=1500, help="train-split samples rendered for training")
+    p.add_argument("--world", default="blobs", help="the synthetic world (mosaic.data.synthetic.WORLDS)")
+    p.add_argument("--target-size", type=int, default=96, help="target image side in px (the data config's)")
+    p.add_argument("--ref-size", type=int, default=48, help="reference image side in px (the data config's)")
     p.add_argument("--max-seconds", type=float, help="cap on each trainer's wall time")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    train_evaluators(a.out, a.clip_steps, a.dino_steps, a.seed, a.n_train, max_seconds=a.max_seconds,
+    cfg = world_config(a.world, target_size=a.target_size, ref_size=a.ref_size)
+    train_evaluators(a.out, a.clip_steps, a.dino_steps, a.seed, a.n_train, cfg=cfg, max_seconds=a.max_seconds,
                      overwrite=a.overwrite)
     return 0
 

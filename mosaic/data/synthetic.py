@@ -57,8 +57,9 @@ SPLITS = ("train", "val", "test")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40), "orange": (245, 140, 20), "yellow": (240, 210, 30), "green": (50, 160, 60),
     "teal": (20, 150, 150), "blue": (40, 80, 210), "purple": (130, 50, 180), "pink": (240, 110, 180),
-    "brown": (120, 75, 35), "black": (25, 25, 25),
+    "brown": (120, 75, 35), "black": (25, 25, 25), "lime": (170, 230, 60), "cyan": (70, 200, 240),
 }
+BLOBS_COLOURS = tuple(COLOURS)[:10]  # the blobs world's palette (lime and cyan came with the places world)
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245), "grey": (190, 190, 190), "beige": (225, 210, 180),
     "pale blue": (195, 215, 235), "pale green": (200, 230, 200),
@@ -100,6 +101,8 @@ class SyntheticConfig:
     ref_rotation: float = 10.0  # degrees, reference view jitter
     min_visible: float = 0.6  # each subject keeps at least this fraction of its area visible
     distinct_colours: bool = True  # a sample's subjects share no colour (failing that, no primary colour)
+    colours: tuple[str, ...] = BLOBS_COLOURS  # the identities' palette (names in COLOURS)
+    all_distinct: bool = False  # no colour shared by a sample's subjects, found by search (else an error)
     shapes: tuple[str, ...] = SHAPES  # the identities' kinds
     patterns: tuple[str, ...] = tuple(PATTERNS)
     frequency: tuple[float, float] = (3.0, 6.0)  # pattern periods across a subject's width
@@ -113,10 +116,14 @@ class SyntheticConfig:
         for name, value, known in (("layout", self.layout, LAYOUTS), ("phrase", self.phrase, PHRASES)):
             if value not in known:
                 raise ValueError(f"SyntheticConfig.{name} = {value!r}: must be one of {', '.join(known)}")
-        unknown = [x for x in self.shapes if x not in SHAPES] + [x for x in self.patterns if x not in PATTERNS]
-        if unknown or not self.shapes or not self.patterns:
-            raise ValueError(f"SyntheticConfig shapes/patterns: unknown or empty ({unknown}); known shapes "
-                             f"{', '.join(SHAPES)}, patterns {', '.join(PATTERNS)}")
+        unknown = ([x for x in self.shapes if x not in SHAPES] + [x for x in self.patterns if x not in PATTERNS]
+                   + [x for x in self.colours if x not in COLOURS])
+        if unknown or not self.shapes or not self.patterns or len(self.colours) < 2:
+            raise ValueError(f"SyntheticConfig shapes/patterns/colours: unknown or too few ({unknown}); known shapes "
+                             f"{', '.join(SHAPES)}, patterns {', '.join(PATTERNS)}, colours {', '.join(COLOURS)}")
+        if self.all_distinct and 2 * self.max_k > len(self.colours):
+            raise ValueError(f"SyntheticConfig.all_distinct: max_k = {self.max_k} subjects need {2 * self.max_k} "
+                             f"colours, the palette has {len(self.colours)}")
         if self.phrase == "kind" and self.layout != "places":
             raise ValueError("SyntheticConfig.phrase = 'kind' needs layout = 'places' (the place tells subjects apart)")
         if self.layout == "places" and self.max_k > self.grid[0] * self.grid[1]:
@@ -143,8 +150,9 @@ PHRASES = ("full", "kind")
 WORLDS: dict[str, dict[str, Any]] = {
     "blobs": {},
     "places": dict(layout="places", phrase="kind", grid=(3, 2), max_k=6, shapes=("disk", "square", "triangle", "cross"),
+                   colours=tuple(COLOURS), all_distinct=True,
                    patterns=("stripes", "checker"), frequency=(2.0, 3.0), textured_background=False,
-                   max_rotation=15.0),
+                   max_rotation=0.0, fill=0.9),
 }
 
 
@@ -325,9 +333,9 @@ def reference_lookup(ref: Rendering, pose: Pose, res: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _identity_pool(world_seed: int, n_train: int, n_val: int, n_test: int, shapes: tuple[str, ...],
-                   patterns: tuple[str, ...], frequency: tuple[float, float]) -> dict[str, tuple[Identity, ...]]:
+                   patterns: tuple[str, ...], frequency: tuple[float, float], colours: tuple[str, ...]
+                   ) -> dict[str, tuple[Identity, ...]]:
     rng = np.random.default_rng([world_seed, 0])
-    colours = list(COLOURS)
     total, seen, pool = n_train + n_val + n_test, set(), []
     if total > len(shapes) * len(colours) * (len(colours) - 1) * len(patterns) // 2:
         raise ValueError(f"{total} identities requested; the vocabulary cannot make that many distinct ones")
@@ -352,7 +360,7 @@ def identities(split: str, cfg: SyntheticConfig | None = None) -> tuple[Identity
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: must be one of {', '.join(SPLITS)}")
     return _identity_pool(cfg.world_seed, cfg.n_train, cfg.n_val, cfg.n_test, tuple(cfg.shapes), tuple(cfg.patterns),
-                          tuple(cfg.frequency))[split]
+                          tuple(cfg.frequency), tuple(cfg.colours))[split]
 
 
 # ---------------------------------------------------------------- samples
@@ -392,20 +400,37 @@ def _render_all(subjects: list[Identity], poses: list[Pose], cfg: SyntheticConfi
     return rends, owner
 
 
+@functools.lru_cache(maxsize=None)
+def shape_box(shape: str, res: int) -> tuple[float, float, float]:
+    """(half extent, centre u, centre v), in canonical units, of the axis-aligned box around the shape's
+    cells on the `res` x `res` canonical grid (what a rendering draws), so that the places layout centres
+    every kind in its slot at the same extent (a square or a triangle fills its slot as a disk does)."""
+    edges = np.arange(res + 1) * 2.0 / res - 1.0
+    c = (edges[:-1] + edges[1:]) / 2
+    v, u = np.meshgrid(c, c, indexing="ij")
+    i, j = np.nonzero(shape_mask(shape, u, v))
+    u0, u1, v0, v1 = edges[j.min()], edges[j.max() + 1], edges[i.min()], edges[i.max() + 1]
+    return float(max(u1 - u0, v1 - v0) / 2), float((u0 + u1) / 2), float((v0 + v1) / 2)
+
+
 def _places_layout(rng: np.random.Generator, subjects: list[Identity], cfg: SyntheticConfig
                    ) -> tuple[list[Pose], list[Rendering], np.ndarray, list[int]]:
     """One subject per slot of `cfg.grid` (distinct slots, drawn at random), centred in it up to the
-    slot's slack, diameter `fill` of its shorter side (x 0.9-1). Slots do not overlap: no occlusion."""
+    slot's slack, its axis-aligned extent `fill` of the slot's shorter side (x 0.9-1), whatever its kind.
+    With `max_rotation` 0 (the places world) a subject never leaves its slot: no occlusion."""
     slots = cfg.places()
     chosen = [int(i) for i in rng.choice(len(slots), len(subjects), replace=False)]
     poses = []
-    for i in chosen:
+    for ident, i in zip(subjects, chosen):
         y0, x0, y1, x1 = slots[i][1]
-        radius = min(y1 - y0, x1 - x0) / 2 * cfg.fill * rng.uniform(0.9, 1.0)
-        (jy, jx) = rng.uniform(-1.0, 1.0, 2) * np.maximum(0.0, [(y1 - y0) / 2 - radius, (x1 - x0) / 2 - radius])
-        poses.append(Pose(round(float((y0 + y1) / 2 + jy), 3), round(float((x0 + x1) / 2 + jx), 3),
-                          round(float(radius), 3), round(float(rng.uniform(-cfg.max_rotation, cfg.max_rotation)), 2),
-                          bool(rng.random() < 0.5)))
+        half = min(y1 - y0, x1 - x0) / 2 * cfg.fill * rng.uniform(0.9, 1.0)  # half the subject's extent, px
+        extent, cu, cv = shape_box(ident.shape, cfg.res)
+        radius = half / extent
+        (jy, jx) = rng.uniform(-1.0, 1.0, 2) * np.maximum(0.0, [(y1 - y0) / 2 - half, (x1 - x0) / 2 - half])
+        angle, flip = float(rng.uniform(-cfg.max_rotation, cfg.max_rotation)), bool(rng.random() < 0.5)
+        poses.append(Pose(round(float((y0 + y1) / 2 + jy - cv * radius), 3),
+                          round(float((x0 + x1) / 2 + jx - (-cu if flip else cu) * radius), 3),
+                          round(float(radius), 3), round(angle, 2), flip))
     return poses, *_render_all(subjects, poses, cfg), chosen
 
 
@@ -446,10 +471,31 @@ def _split_code(split: str) -> int:
     return SPLITS.index(split)
 
 
-def choose_subjects(pool: tuple[Identity, ...], order, k: int, distinct_colours: bool) -> list[Identity] | None:
+def _disjoint_colours(pool: tuple[Identity, ...], order, k: int) -> list[Identity] | None:
+    """k identities sharing no colour, the earliest in `order` a depth-first search finds (None if none)."""
+    order = [int(i) for i in order]
+
+    def search(start: int, chosen: list[Identity], used: set[str]) -> list[Identity] | None:
+        if len(chosen) == k:
+            return chosen
+        for n, i in enumerate(order[start:], start):
+            c = pool[i]
+            if c.primary not in used and c.secondary not in used:
+                found = search(n + 1, chosen + [c], used | {c.primary, c.secondary})
+                if found:
+                    return found
+        return None
+
+    return search(0, [], set())
+
+
+def choose_subjects(pool: tuple[Identity, ...], order, k: int, distinct_colours: bool,
+                    all_distinct: bool = False) -> list[Identity] | None:
     """The first k identities in `order` with distinct prompt phrases and, with `distinct_colours`,
     no shared colour, or failing that (2k > the palette, or a small split's pool) no shared primary
-    colour; None if there are too few."""
+    colour; with `all_distinct`, k identities sharing no colour found by search; None if there are too few."""
+    if all_distinct:
+        return _disjoint_colours(pool, order, k)
     def clash(c: Identity, s: Identity, rule: str | None) -> bool:
         shared = {c.primary, c.secondary} & {s.primary, s.secondary}
         return (c.phrase == s.phrase or (rule == "colours" and bool(shared))
@@ -475,7 +521,7 @@ def generate_sample(seed: int, split: str, index: int, k: int, cfg: SyntheticCon
         raise ValueError(f"k = {k}: must be between 1 and {min(cfg.max_k, len(pool))}")
     rng = np.random.default_rng([seed, _split_code(split), index, 0])
 
-    subjects = choose_subjects(pool, rng.permutation(len(pool)), k, cfg.distinct_colours)
+    subjects = choose_subjects(pool, rng.permutation(len(pool)), k, cfg.distinct_colours, cfg.all_distinct)
     if subjects is None:
         raise ValueError(f"split {split!r} has fewer than {k} identities with distinct phrases"
                          + (" and colours" if cfg.distinct_colours else ""))

@@ -17,9 +17,12 @@ if TINY_EVALUATORS:
         priority: 10  # the longest job every evaluation waits for: start it first
         params:
             e=config["metrics"]["evaluators"],
+            d=config["data"],
+            world=config["data"].get("world", "blobs"),
         shell:
             "OMP_NUM_THREADS={threads} python -m metrics.evaluators {output} --clip-steps {params.e[clip_steps]}"
-            " --dino-steps {params.e[dino_steps]} --n-train {params.e[n_train]} --seed {params.e[seed]} > {log} 2>&1"
+            " --dino-steps {params.e[dino_steps]} --n-train {params.e[n_train]} --seed {params.e[seed]}"
+            " --world {params.world} --target-size {params.d[target_size]} --ref-size {params.d[ref_size]} > {log} 2>&1"
 
 
 rule metrics_config:
