@@ -48,7 +48,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-CHOICES = {"normalize_over": ("all", "target"), "mdl_rows": ("points", "all"), "divergence": ("skl", "jsd")}
+CHOICES = {"normalize_over": ("all", "target"), "mdl_rows": ("points", "all"), "divergence": ("skl", "jsd"),
+           "calibrate": ("none", "grad-norm")}
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,17 @@ class LossConfig:
     divergence: str = "skl"
     blocks: tuple[int, ...] | None = None  # double-stream block indices; None = all
     eps: float = 1e-8
+    # "grad-norm": alpha and beta are ratios of each attention loss's gradient norm to the diffusion loss's,
+    # measured on `calibrate_batches` batches before the first step (mosaic.train.calibrate)
+    calibrate: str = "none"
+    calibrate_batches: int = 8
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"loss.{name}: {getattr(self, name)!r} is not one of {allowed}")
+        if not isinstance(self.calibrate_batches, int) or self.calibrate_batches < 1:
+            raise ValueError(f"loss.calibrate_batches: must be an integer >= 1, got {self.calibrate_batches!r}")
         for name in ("alpha", "beta", "eps"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
                 raise ValueError(f"loss.{name}: must be a number >= 0, got {getattr(self, name)!r}")

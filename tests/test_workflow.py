@@ -3,6 +3,7 @@ import copy
 import re
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,8 +19,12 @@ PAPER = yaml.safe_load((ROOT / "workflow" / "config" / "paper.yaml").read_text()
 
 
 def snakemake(*args, cwd=ROOT, check=True):
-    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args], cwd=cwd,
-                       capture_output=True, text=True)
+    """Snakemake on the project's Snakefile in a fresh, empty working directory (`-d`) unless the test names
+    one, so a dry run plans from scratch whatever the checkout's results/ or .snakemake/ hold (issue 25)."""
+    with tempfile.TemporaryDirectory() as fresh:
+        workdir = [] if "-d" in args else ["-d", fresh]
+        p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *workdir, *args],
+                           cwd=cwd, capture_output=True, text=True)
     if check and p.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
@@ -94,7 +99,7 @@ def test_dry_run_writes_nothing(tmp_path):
 
 def test_paper_dry_run_builds_the_full_dag_without_weights():
     assert not Path(PAPER["training"]["common"]["model.weights"]).exists()  # the dry run must not need them
-    p = snakemake("-n", "--cores", "2", "--configfile", "workflow/config/paper.yaml", "-p")
+    p = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow" / "config" / "paper.yaml"), "-p")
     stats = job_stats(p.stdout)
     assert stats["train"] == expected_trainings(PAPER)
     assert "train_base" not in stats and "tiny_evaluators" not in stats  # FLUX.1-dev and published metrics
@@ -124,14 +129,14 @@ def test_profiles_never_share_outputs(tmp_path):
     tiny job: no path of one DAG is, or lies inside, a path of the other."""
     assert TINY["results"] == "results" and PAPER["results"] != TINY["results"]
     tiny = planned_paths(snakemake("-n", "--cores", "2", "--workflow-profile", "none", "-d", str(tmp_path)).stdout)
-    paper = planned_paths(snakemake("-n", "--cores", "2", "--configfile", "workflow/config/paper.yaml").stdout)
+    paper = planned_paths(snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow" / "config" / "paper.yaml")).stdout)
     assert "results/ablation.csv" in tiny and f"{PAPER['results']}/ablation.csv" in paper
     roots = {"tiny": {Path(p).parts[0] for p in tiny}, "paper": {Path(p).parts[0] for p in paper}}
     assert roots == {"tiny": {TINY["results"]}, "paper": {PAPER["results"]}}  # neither root inside the other
 
 
 def test_lint_is_clean_for_both_profiles():
-    for extra in ([], ["--configfile", "workflow/config/paper.yaml"]):
+    for extra in ([], ["--configfile", str(ROOT / "workflow" / "config" / "paper.yaml")]):
         p = snakemake("--lint", *extra)
         out = p.stdout + p.stderr
         assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]

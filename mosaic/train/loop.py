@@ -22,6 +22,7 @@ from ..extension import build_extension
 from ..flow import encode_batch, step_generator
 from ..model.weights import locate
 from ..runfolder import CHECKPOINTS
+from .calibrate import calibrated
 from .callbacks import Callback, StopFlag, fault_callbacks
 from .checkpoint import Checkpointer, TrainingError, latest_checkpoint
 from .data import apply_dropout, batch_stream, check_mdl_active, data_stages
@@ -62,10 +63,12 @@ def train(cfg: Config, stop_after: int | None = None, callbacks: list[Callback] 
     if rank == 0:
         prepare_output(out, cfg)
     dist.barrier()
+    cfg, calibration = calibrated(cfg, out, model, stages, codec, text_encoder, device, dtype, ext)
     engine, scheduler, ema, params = build_engine(model, cfg, bf16)
     ckpt = Checkpointer(engine, ema, params, out, cfg.train.keep_checkpoints, rank, lora_mode)
     step = saved_at = ckpt.load()
-    logger = start_logger(cfg, out, step, world, device, bf16) if rank == 0 and cfg.tracking.enabled else None
+    logger = (start_logger(cfg, out, step, world, device, bf16, calibration) if rank == 0 and cfg.tracking.enabled
+              else None)
     hooks = [*fault_callbacks(cfg, stop_after), *callbacks]
     status, data = "finished", batch_stream(stages, step, cfg.train.steps)
     bar = tqdm(total=cfg.train.steps, initial=step, disable=rank != 0, desc=cfg.variant, dynamic_ncols=True,

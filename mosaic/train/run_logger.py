@@ -15,13 +15,16 @@ from ..runfolder import CONFIG_FILE
 from ..tracking.run import RunLogger, provenance, resolve_tracking_uri
 
 
-def start_logger(cfg: Config, out: Path, step: int, world: int, device: torch.device, bf16: bool) -> RunLogger:
+def start_logger(cfg: Config, out: Path, step: int, world: int, device: torch.device, bf16: bool,
+                 calibration: dict | None = None) -> RunLogger:
+    """The run's logger; params: the resolved config (calibrated loss weights included) and `calibration/...`."""
     logger = RunLogger(resolve_tracking_uri(cfg.tracking.tracking_uri, out), cfg.tracking.experiment, out)
     tags = {"variant": cfg.variant, "profile": cfg.profile, "mode": cfg.train.mode, "flavour": cfg.model.flavour,
             "seed": str(cfg.train.seed), "world_size": str(world),
             "device": device.type, "precision": "bf16" if bf16 else "fp32",
             **provenance()}
-    logger.start(cfg.tracking.run_name or cfg.variant, flatten(cfg), tags, step)
+    params = {**flatten(cfg), **{f"calibration/{k}": v for k, v in (calibration or {}).items()}}
+    logger.start(cfg.tracking.run_name or cfg.variant, params, tags, step)
     logger.log_artifact(out / CONFIG_FILE)
     return logger
 
