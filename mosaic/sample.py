@@ -42,13 +42,16 @@ import torch
 from PIL import Image, ImageOps
 
 from .components import build_components
-from .config import load_config
+from .artefacts import PROVENANCE_FILE
+from .config import from_dict, load_config
 from .data.benchmarks import benchmark_record, load_benchmark
 from .data.sample import load_image, read_manifest
 from .extension import attach_extension
 from .flow import Encoded, guidance_for, velocity
 from .losses import AttentionProbe, LossConfig
 from .runfolder import BASE_DIR, CONFIG_FILE, LORA_FILE, MANIFEST_FILE, atomic_dir
+
+SHIPPED_BASE = "base"  # the base transformer's folder in a shipped artefacts folder (mosaic.artefacts.ship)
 
 # FLUX.1-dev scheduler/scheduler_config.json
 FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
@@ -105,12 +108,20 @@ class Sampler:
     def from_run(cls, run: str | os.PathLike, device: str | torch.device | None = None) -> "Sampler":
         """Load a `mosaic train` output folder (see the module docstring)."""
         run = Path(run)
-        if not (run / CONFIG_FILE).is_file():
+        shipped = run / PROVENANCE_FILE
+        if not (run / CONFIG_FILE).is_file() and shipped.is_file():  # shipped artefacts: the base run's config
+            base = json.loads(shipped.read_text()).get("config", {}).get("base_run")
+            if not isinstance(base, dict):
+                raise FileNotFoundError(f"{shipped}: field config.base_run is missing: these artefacts hold no base")
+            cfg = from_dict(base, f"{shipped}: config.base_run")
+            weights = run / SHIPPED_BASE
+        elif not (run / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run / CONFIG_FILE}: not a training run folder ({CONFIG_FILE} missing)")
-        cfg = load_config(run / CONFIG_FILE)
+        else:
+            cfg, weights = load_config(run / CONFIG_FILE), run / BASE_DIR
         lora = run / LORA_FILE
         if cfg.train.mode == "base":
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(run / BASE_DIR)))
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(weights)))
         elif not lora.is_file():
             raise FileNotFoundError(f"{lora}: the run's LoRA is missing (did the training finish?)")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -251,14 +262,19 @@ def write_outputs(generate, requests: list[Request], seeds: list[int], out: str 
 
 def sample_run(run: "str | os.PathLike | Sampler", requests: list[Request], seeds: list[int], out: str | os.PathLike,
                steps: int = 28, guidance: float | None = None, attention: bool = False, method: str = "",
-               device: str | None = None, overwrite: bool = False, cfg_scale: float = 1.0) -> Path:
-    """Sample a training run (MOSAIC or a controlled baseline; a run folder or its loaded Sampler) into `out`."""
+               device: str | None = None, overwrite: bool = False, cfg_scale: float = 1.0,
+               references: bool = True) -> Path:
+    """Sample a training run (MOSAIC or a controlled baseline; a run folder or its loaded Sampler) into `out`.
+    `references=False`: the prompt alone (a base without references); the manifest still names the references,
+    so the metrics score the images against them."""
     s = run if isinstance(run, Sampler) else Sampler.from_run(run, device)
     settings = {"steps": steps, "guidance": s.guidance if guidance is None else guidance, "cfg_scale": cfg_scale,
                 "target_size": s.target_size, "ref_size": s.ref_size,
-                "scheduler": "FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER}
+                "scheduler": "FlowMatchEulerDiscreteScheduler", "references": references, **FLUX_SCHEDULER}
 
     def generate(req: Request, seed: int):
+        if not references:
+            return s.generate(req.prompt, [], seed, steps, guidance, None, False, cfg_scale)
         return s.generate(req.prompt, req.references, seed, steps, guidance, req.phrases or None, attention,
                           cfg_scale)
 
@@ -279,7 +295,8 @@ def _save_map(m: np.ndarray, path: Path, size_hw: tuple[int, int]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--run", help="training output folder (config.yaml + lora.safetensors)")
+    model.add_argument("--run", help="training output folder (config.yaml + lora.safetensors), or a shipped "
+                       "artefacts folder (provenance.json + base/: its base model)")
     model.add_argument("--baseline", help="a registered baseline (baselines.registry) instead of a run, e.g. uno-official")
     model.add_argument("--bound", choices=("ceiling", "floor"),
                        help="no model: a synthetic --dataset's real targets (ceiling) or their backgrounds (floor)")
@@ -301,6 +318,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance on the prompt (--run; 1: off), for a base trained with text dropout")
     p.add_argument("--limit", type=int, help="only the first N prompts")
     p.add_argument("--attention", action="store_true", help="also write per-reference attention maps (--run)")
+    p.add_argument("--no-references", action="store_true",
+                   help="--run: sample from the prompt alone (e.g. a base model; the manifest keeps the references)")
     p.add_argument("--method", help="method name in the manifest (default: the run's variant)")
     p.add_argument("--device", help="cpu / cuda (--run; default: cuda if available)")
     p.add_argument("--out", required=True, help="output folder")
@@ -325,6 +344,6 @@ def run(args: argparse.Namespace) -> int:
     """`mosaic sample --run RUN` (the CLI sends --baseline to baselines.sample)."""
     requests = requests_from_args(args)
     out = sample_run(args.run, requests, args.seeds, args.out, args.steps, args.guidance, args.attention,
-                     args.method or "", args.device, args.overwrite, args.cfg_scale)
+                     args.method or "", args.device, args.overwrite, args.cfg_scale, not args.no_references)
     print(f"wrote {len(requests) * len(args.seeds)} images to {out}")
     return 0

@@ -26,20 +26,23 @@ METHODS = {"none": {"label": "-SCAL -MDL", "paper": {"ablation": "MOSAIC(-SCAL -
            "mosaic": {"label": "+SCAL +MDL", "paper": {"ablation": "MOSAIC(+SCAL +MDL)", "main": "MOSAIC"}}}
 
 
-def test_ablation_mean_std_over_seeds_and_n_with_run_ids():
+def test_ablation_mean_se_over_seeds_one_row_per_n_with_run_ids():
     runs = eval_runs([{"method": m, "seed": s, "n": n, "clip": c, "align": 10 * c}
                       for m, base in (("mosaic", 70), ("none", 60)) for s in (0, 1) for n in (2, 4)
                       for c in [base + s + n / 2]])
     t = tables.ablation_table(tables.tidy(runs), METHODS)
-    assert list(t["method"]) == ["none", "mosaic"]  # the config's order
-    row = t.set_index("method").loc["mosaic"]
-    values = [70 + s + n / 2 for s in (0, 1) for n in (2, 4)]
-    assert row["CLIP-I (tiny-world) mean"] == pytest.approx(sum(values) / 4)
-    assert row["CLIP-I (tiny-world) std"] == pytest.approx(pd.Series(values).std())
-    assert row["CLIP-I (tiny-world)"] == f"{sum(values) / 4:.2f} ± {pd.Series(values).std():.2f}"
-    assert row["alignment acc (%) mean"] == pytest.approx(10 * sum(values) / 4)
-    assert row["label"] == "+SCAL +MDL" and row["runs"] == 4 and row["seeds"] == "0,1" and row["ns"] == "2,4"
-    ids = set(runs[runs["tags.method"] == "mosaic"]["run_id"])
+    assert list(zip(t["method"], t["n"])) == [("none", "2"), ("none", "4"), ("mosaic", "2"), ("mosaic", "4")]
+    row = t.set_index(["method", "n"]).loc[("mosaic", "4")]  # never pooled across n
+    values = pd.Series([70 + s + 4 / 2 for s in (0, 1)])
+    se = values.std() / 2 ** 0.5
+    assert row["CLIP-I (tiny-world) mean"] == pytest.approx(values.mean())
+    assert row["CLIP-I (tiny-world) std"] == pytest.approx(values.std())
+    assert row["CLIP-I (tiny-world) se"] == pytest.approx(se)
+    assert row["CLIP-I (tiny-world)"] == f"{values.mean():.2f} ± {se:.2f}"
+    assert row["alignment acc (%) mean"] == pytest.approx(10 * values.mean())
+    assert row["label"] == "+SCAL +MDL" and row["runs"] == 2 and row["seeds"] == "0,1" and row["n seeds"] == 2
+    row = t.set_index("method").loc["mosaic"].iloc[0]
+    ids = set(runs[(runs["tags.method"] == "mosaic") & (runs["tags.n"] == "2")]["run_id"])
     assert set(row["eval_run_ids"].split(";")) == ids
     assert set(row["train_run_ids"].split(";")) == {"t-mosaic-0", "t-mosaic-1"}
     assert "CLIP-I (tiny-world) paper" not in t  # no paper values given
@@ -368,18 +371,21 @@ def test_tidy_has_one_row_per_run_and_metric_with_the_runs_values():
     pd.testing.assert_frame_equal(shuffled, long)
 
 
-def test_wide_mean_std_is_the_tidy_tables_groupby():
+def test_wide_mean_se_is_the_tidy_tables_groupby():
     long = tables.tidy(_ablation_runs())
     t = tables.ablation_table(long, METHODS)
-    wide = tables.readable(t).set_index("method")
-    stats = long.groupby(["method", "metric"])["value"].agg(["mean", "std", "count"])  # computed here, apart
-    for (method, metric), s in stats.iterrows():
-        assert wide.loc[method, metric] == f"{s['mean']:.2f} ± {s['std']:.2f}", (method, metric)
-        assert t.set_index("method").loc[method, f"{metric} cells"] == s["count"]
-    assert stats.loc[("mosaic", "CLIP-I (tiny-world)"), "count"] == 5  # the NaN cell is left out, its reason kept
-    assert "CLIP-I: no reference: 1" in wide.loc["mosaic", "notes"]
-    assert not [c for c in wide.columns if c.endswith((" mean", " std", " cells", " protocol", "_run_ids"))]
-    assert list(wide.columns[:3]) == ["label", "benchmark", "scenario"] and wide.loc["none", "runs"] == 6
+    wide = tables.readable(t).set_index(["method", "n"])
+    stats = long.groupby(["method", "n", "metric"])["value"].agg(["mean", "std", "count"])  # computed here, apart
+    for (method, n, metric), s in stats.iterrows():
+        se = s["std"] / s["count"] ** 0.5
+        assert wide.loc[(method, n), metric] == f"{s['mean']:.2f} ± {se:.2f}", (method, n, metric)
+        assert t.set_index(["method", "n"]).loc[(method, n), f"{metric} cells"] == s["count"]
+    assert stats.loc[("mosaic", "2", "CLIP-I (tiny-world)"), "count"] == 2  # the NaN cell is left out, its reason kept
+    assert "CLIP-I: no reference: 1" in wide.loc[("mosaic", "2"), "notes"]
+    wide = wide.reset_index("n")
+    assert not [c for c in wide.columns if c.endswith((" mean", " std", " se", " cells", " protocol", "_run_ids"))]
+    assert list(wide.columns[:4]) == ["n", "label", "benchmark", "scenario"]
+    assert list(wide.loc["none", "runs"]) == [3, 3]
 
 
 def _md_rows(text: str) -> list[list[str]]:
@@ -403,7 +409,7 @@ def test_markdown_and_latex_render_the_same_numbers_with_paper_and_gap(tmp_path)
     out = {k: tmp_path / "t" / f"ablation{k}" for k in (".csv", "_tidy.csv", ".md", ".tex")}
     wide = tables.write_tables(t, long, out[".csv"], out["_tidy.csv"], out[".md"], out[".tex"])
     csv = pd.read_csv(out[".csv"]).set_index("method")
-    assert csv.loc["mosaic", "CLIP-I"] == "70.50 ± 0.71" and csv.loc["mosaic", "CLIP-I paper"] == 76.3
+    assert csv.loc["mosaic", "CLIP-I"] == "70.50 ± 0.50" and csv.loc["mosaic", "CLIP-I paper"] == 76.3
     assert csv.loc["mosaic", "CLIP-I gap"] == pytest.approx(70.5 - 76.3)
     assert math.isnan(csv.loc["none", "CLIP-I paper"])  # the paper reports this variant's row elsewhere only
     back = pd.read_csv(out["_tidy.csv"], dtype={"seed": str, "n": str, "ktrain": str})
@@ -412,8 +418,8 @@ def test_markdown_and_latex_render_the_same_numbers_with_paper_and_gap(tmp_path)
     md, tex = _md_rows(out[".md"].read_text()), _tex_rows(out[".tex"].read_text())
     assert md == tex and md[0] == [c for c in wide.columns if c != "notes"]  # one table, two renderings
     row = dict(zip(md[0], md[[r[0] for r in md].index("mosaic")]))
-    assert (row["CLIP-I"], row["CLIP-I paper"], row["CLIP-I gap"]) == ("70.50 ± 0.71", "76.30", "-5.80")
-    assert row["alignment acc (%)"] == "40.50 ± 0.71" and row[tables.COVERAGE] == "750 / 750"
+    assert (row["CLIP-I"], row["CLIP-I paper"], row["CLIP-I gap"]) == ("70.50 ± 0.50", "76.30", "-5.80")
+    assert row["alignment acc (%)"] == "40.50 ± 0.50" and row[tables.COVERAGE] == "750 / 750"
     assert dict(zip(md[0], md[[r[0] for r in md].index("none")]))["CLIP-I gap"] == ""  # NaN: blank
     assert "\\usepackage{booktabs}" in out[".tex"].read_text() and "\\toprule" in out[".tex"].read_text()
 
@@ -448,11 +454,11 @@ def test_the_script_writes_every_form_of_the_benchmark_tables(tmp_path):
         assert v["AVG"] == pytest.approx(v[list(XV)].mean())
     x = pd.read_csv(outs["xversebench"]).set_index("scenario")
     avg = xv_tidy[xv_tidy["metric"] == "AVG"]["value"]
-    assert x.loc["single", "AVG"] == f"{avg.mean():.2f} ± {avg.std():.2f}"
+    assert x.loc["single", "AVG"] == f"{avg.mean():.2f} ± {avg.std() / len(avg) ** 0.5:.2f}"
     assert pd.isna(x.loc["all", "Overall"])  # no multi scenario: no Overall ("n/a", NaN to read_csv), with the reason
     assert "needs the AVG of both scenarios" in x.loc["all", "notes"]
-    assert pd.read_csv(outs["main"]).loc[0, "CLIP-I"] == "80.50 ± 0.71"
-    assert "80.50 ± 0.71" in outs["main_md"].read_text() and "80.50 ± 0.71" in outs["main_tex"].read_text()
+    assert pd.read_csv(outs["main"]).loc[0, "CLIP-I"] == "80.50 ± 0.50"
+    assert "80.50 ± 0.50" in outs["main_md"].read_text() and "80.50 ± 0.50" in outs["main_tex"].read_text()
 
 
 @pytest.mark.parametrize("study", ["sweep", "scaling"])
@@ -482,8 +488,8 @@ def test_the_script_writes_the_forms_and_the_figure_of_sweep_and_scaling(tmp_pat
     assert len(long) == len(grid) * 3  # CLIP-I, leakage and its chance per run
     keys = ["alpha", "beta"] if study == "sweep" else ["method", "n"]
     wide = pd.read_csv(outs[name])
-    stats = long.groupby([*keys, "metric"])["value"].agg(["mean", "std"])
+    stats = long.groupby([*keys, "metric"])["value"].agg(["mean", "std", "count"])
     for _, row in wide.iterrows():
         for metric in ("CLIP-I", "leakage (%)", "leakage at chance (%)"):  # no label tag: the bare name
             s = stats.loc[(*(row[k] for k in keys), metric)]
-            assert row[metric] == f"{s['mean']:.2f} ± {s['std']:.2f}", (study, metric)
+            assert row[metric] == f"{s['mean']:.2f} ± {s['std'] / s['count'] ** 0.5:.2f}", (study, metric)

@@ -63,7 +63,7 @@ def test_ablation_rows_match_the_mlflow_runs(run):
         for metric in ("CLIP-I (tiny-world)", "DINO (tiny-world)", "alignment acc (%)", "leakage (%)"):
             col = {"alignment acc (%)": "metrics.mech/alignment_acc", "leakage (%)": "metrics.mech/leakage"}.get(
                 metric, f"metrics.img/{metric.split(' ')[0]}")
-            shown = f"{runs[col].mean():.2f} ± {runs[col].std():.2f}"  # straight from MLflow
+            shown = f"{runs[col].mean():.2f} ± {runs[col].std() / len(runs) ** 0.5:.2f}"  # straight from MLflow
             assert row[metric] == shown and f"| {shown} " in md and f"& {shown} " in tex, (row["method"], metric)
     # the training runs carry the trainer's per-step history, copied from the run folders
     from mlflow import MlflowClient

@@ -88,12 +88,13 @@ def calibrated(cfg: Config, out: Path, model, stages, codec, text_encoder, devic
     else:
         m = gradient_norms(model, cfg, batch_stream(stages, 0, cfg.loss.calibrate_batches), codec, text_encoder,
                            device, dtype, ext)
-        for key in ("g_scal", "g_mdl"):
-            if not m[key] > 0:
+        weights = {}
+        for name, ratio, key in (("alpha", cfg.loss.alpha, "g_scal"), ("beta", cfg.loss.beta, "g_mdl")):
+            if ratio > 0 and not m[key] > 0:
                 raise ValueError(f"loss.calibrate: the {key[2:].upper()} gradient is {m[key]} on the first "
                                  f"{m['batches']} batches; no weight can be calibrated against it")
-        record = {"rule": rule, "ratio_alpha": cfg.loss.alpha, "ratio_beta": cfg.loss.beta, **m,
-                  "alpha": cfg.loss.alpha * m["g_diff"] / m["g_scal"], "beta": cfg.loss.beta * m["g_diff"] / m["g_mdl"]}
+            weights[name] = ratio * m["g_diff"] / m[key] if ratio > 0 else 0.0
+        record = {"rule": rule, "ratio_alpha": cfg.loss.alpha, "ratio_beta": cfg.loss.beta, **m, **weights}
         if not dist.is_initialized() or dist.get_rank() == 0:
             atomic_write(path, json.dumps(record, indent=2))
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, alpha=record["alpha"], beta=record["beta"])), record

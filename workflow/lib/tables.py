@@ -8,9 +8,10 @@ Each table comes in two forms, one computed from the other:
 - the tidy long table (`tidy`): one row per evaluation run x metric, with the run's grid tags, value,
   protocol, reason and the MLflow ids of the evaluation run and its training;
 - the wide table, computed from the tidy rows (`summarise`): a row per group, per metric the mean, the
-  standard deviation (pandas, ddof=1; NaN for one cell), the count of values and "mean ± std". Its
-  internal form keeps the numbers (`<metric> mean/std/cells/protocol`, run ids; the figures and the paper
-  gaps read them); `readable` is what a reader gets (the study's CSV, Markdown and LaTeX: `write_tables`).
+  standard deviation (pandas, ddof=1; NaN for one cell), the count of values, the standard error of the
+  mean (std / sqrt(count)) and "mean ± SE"; `n seeds` counts the group's seeds. Its internal form keeps
+  the numbers (`<metric> mean/std/se/cells/protocol`, run ids; the figures and the paper gaps read them);
+  `readable` is what a reader gets (the study's CSV, Markdown and LaTeX: `write_tables`).
 With the paper's reported values (../shared/paper/mosaic_reported.csv) a row also carries
 `<metric> paper` and `<metric> gap` (measured - reported) where the paper reports that cell; every
 metric of the paper's table is a column, NaN with its reason in `notes` when not measured. A gap is
@@ -18,7 +19,8 @@ printed only for a value computed as the paper's was: in the paper profile, unde
 (PAPER_PROTOCOLS, against the run tags `protocol/<metric>`), on all the prompts of the benchmark's
 protocol (`n run / n in protocol`); otherwise `notes` says why there is none.
 
-- ablation: method (variant) x benchmark/scenario, over seeds and n;
+- ablation: method (variant) x benchmark/scenario x n (held-out sets: one row per subject count, never
+  pooled), over seeds;
 - sweep: alpha x beta, over seeds and n;
 - scaling: method x train K x n, over seeds;
 - main: DreamBench single/multi, method, over seeds (with NaN reasons, e.g. a missing checkpoint);
@@ -82,7 +84,7 @@ COUNTS = {"metrics.count/prompts": "prompts", "metrics.count/images": "images", 
           "metrics.entries/runnable": "entries_runnable", "metrics.entries/skipped": "entries_skipped"}
 TIDY_VALUES = ["metric", "key", "value", "protocol", "reason"]  # the tidy table's per-metric columns
 RUN_IDS = ["eval_run_id", "train_run_id"]
-NUMERIC = (" mean", " std", " cells", " protocol")  # the internal table's per-metric numeric columns
+NUMERIC = (" mean", " std", " se", " cells", " protocol")  # the internal table's per-metric numeric columns
 
 
 def _image_name(key: str) -> str:
@@ -166,10 +168,10 @@ def metric_names(long: pd.DataFrame, mechanism: bool = True) -> dict[str, str]:
     several = {k for k, _ in pairs if sum(k == j for j, _ in pairs) > 1}  # one key, several world labels
     return {(f"{k}:{m}" if k in several else k): m for k, m in pairs}
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(mean: float, se: float) -> str:
     if pd.isna(mean):
         return "n/a"
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.2f}" if pd.isna(se) else f"{mean:.2f} ± {se:.2f}"
 
 
 def _ids(values: pd.Series) -> str:
@@ -188,9 +190,10 @@ def _values(tags: pd.Series) -> str:
 
 def summarise(long: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.DataFrame:
     """One row per group of `by` (tidy columns, e.g. "method") of the tidy table: per metric (the display names
-    in `metrics`) the mean, std (ddof=1; NaN for one cell), `cells` (values) and "mean ± std" over the group's
-    rows of that metric, and for image metrics the protocols they were computed under; `runs`, the seeds and n
-    values covered, the metrics' reasons (notes), and the eval/train run ids."""
+    in `metrics`) the mean, std (ddof=1; NaN for one cell), `cells` (values), se (std / sqrt(cells)) and
+    "mean ± SE" over the group's rows of that metric, and for image metrics the protocols they were computed
+    under; `runs`, the seeds (and their count) and n values covered, the metrics' reasons (notes), and the
+    eval/train run ids."""
     names = list(dict.fromkeys(metrics.values()))
     image = set(long.loc[long["key"].str.startswith("img/"), "metric"])
     rows = []
@@ -199,14 +202,19 @@ def summarise(long: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.
         for name in names:
             cell = g[g["metric"] == name]
             v = cell["value"]
-            row[name] = _fmt(v.mean(), v.std())
-            row[f"{name} mean"], row[f"{name} std"], row[f"{name} cells"] = v.mean(), v.std(), int(v.notna().sum())
+            count = int(v.notna().sum())
+            se = v.std() / count ** 0.5 if count else float("nan")
+            row[name] = _fmt(v.mean(), se)
+            row[f"{name} mean"], row[f"{name} std"], row[f"{name} se"] = v.mean(), v.std(), se
+            row[f"{name} cells"] = count
             if name in image:  # the protocol names the runs recorded (metrics.evaluate)
                 row[f"{name} protocol"] = ";".join(sorted({str(x) for x in cell["protocol"].dropna() if str(x)}))
         row["runs"] = g["eval_run_id"].nunique()
         for tag in ("seed", "n"):
             if tag in g:
                 row[f"{tag}s"] = _values(g[tag])
+        if "seed" in g:
+            row["n seeds"] = int(g["seed"].replace("", pd.NA).dropna().nunique())
         row["notes"] = _notes(g)
         row["eval_run_ids"] = _ids(g["eval_run_id"])
         row["train_run_ids"] = _ids(g["train_run_id"])
@@ -306,13 +314,16 @@ def _front(table: pd.DataFrame, first: list[str], metrics: dict[str, str]) -> pd
 
 def ablation_table(long: pd.DataFrame, methods: dict[str, dict], paper: pd.DataFrame | None = None,
                    profile: str = "paper") -> pd.DataFrame:
-    """method (variant) x benchmark/scenario over seeds and n, from the study's tidy table."""
+    """method (variant) x benchmark/scenario x n over seeds, from the study's tidy table: a held-out row is one
+    subject count (n), never pooled across n."""
     metrics = metric_names(long)
-    t = summarise(long, ["method", "benchmark", "scenario"], metrics)
+    by = ["method", "benchmark", "scenario", "n"]
+    t = summarise(long, by, metrics)
     t.insert(1, "label", t["method"].map(lambda m: methods.get(m, {}).get("label", "")))
-    t = add_coverage(t, long, ["method", "benchmark", "scenario"])
+    t = add_coverage(t, long, by)
     t = add_paper(t, paper, "ablation", metrics, paper_names(methods, "ablation"), profile)
-    return _front(_order(t, list(methods)), ["method", "label", "benchmark", "scenario"], metrics)
+    t = _order(t.sort_values("n", key=lambda s: pd.to_numeric(s, errors="coerce"), kind="stable"), list(methods))
+    return _front(t, ["method", "label", "benchmark", "scenario", "n"], metrics)
 
 
 def sweep_table(long: pd.DataFrame) -> pd.DataFrame:

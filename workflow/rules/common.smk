@@ -50,6 +50,7 @@ BASE = HAS_BASE and SHIPPED is None  # train it in this DAG
 HAS_TINY_EVALUATORS = config["metrics"]["evaluators"] is not None
 TINY_EVALUATORS = HAS_TINY_EVALUATORS and SHIPPED is None  # train them in this DAG
 BASE_WEIGHTS = (f"{SHIPPED}/base" if SHIPPED else f"{R}/runs/base/transformer") if HAS_BASE else None
+BASE_RUN = (SHIPPED if SHIPPED else f"{R}/runs/base") if HAS_BASE else None  # mosaic sample --run: the base alone
 EVALUATORS = (f"{SHIPPED}/evaluators" if SHIPPED else f"{R}/evaluators") if HAS_TINY_EVALUATORS else None
 if SHIPPED and not os.path.isfile(f"{SHIPPED}/provenance.json"):
     raise ValueError(f"config artefacts: {SHIPPED}/provenance.json not found; make the shipped base and evaluators "
@@ -134,8 +135,11 @@ def _check_study(name, study):
             raise ValueError(f"config studies.{name}: official method {m!r} runs on benchmark evaluation sets only")
         if METHODS[m].get("bound") and (DATA_KIND != "synthetic" or
                                         any(EVALSETS[e]["family"] != "heldout" for e in study["evalsets"])):
-            raise ValueError(f"config studies.{name}: bound {m!r} (the real targets or their backgrounds) exists "
-                             "only on the synthetic world's held-out evaluation sets")
+            raise ValueError(f"config studies.{name}: bound {m!r} (the real targets, their backgrounds or the base "
+                             "without references) exists only on the synthetic world's held-out evaluation sets")
+        if METHODS[m].get("bound") == "base" and not HAS_BASE:
+            raise ValueError(f"config studies.{name}: bound {m!r} samples the base model, and this profile has none "
+                             "(training.base is null)")
 
 
 def study_rows(name):

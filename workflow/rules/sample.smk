@@ -34,7 +34,9 @@ rule sample:
 
 # The bounds of the image metrics on a held-out set (mosaic.bounds): its real target images (ceiling)
 # and the same scenes' backgrounds alone (floor), scored like any method's images.
-BOUNDS = sorted({m for s in STUDIES for m in study_untrained(s) if METHODS[m].get("bound")})
+# Bound "base": the base model sampled from the prompt alone, no references (what the references add).
+BOUNDS = sorted({m for s in STUDIES for m in study_untrained(s) if METHODS[m].get("bound") in ("ceiling", "floor")})
+BASE_BOUNDS = sorted({m for s in STUDIES for m in study_untrained(s) if METHODS[m].get("bound") == "base"})
 if BOUNDS:
 
     rule sample_bound:
@@ -55,3 +57,32 @@ if BOUNDS:
         shell:
             "python -m mosaic.cli sample --bound {params.kind} {params.source} --seeds {params.seeds}"
             " --method {wildcards.bound} --out {output} > {log} 2>&1"
+
+
+if BASE_BOUNDS:
+
+    rule sample_base_bound:
+        input:
+            data=sample_inputs,
+            base=base_inputs(),
+        output:
+            directory(f"{R}/samples/bounds/method~{{bound}}/evalset~{{evalset}}"),
+        log:
+            log_file("sample", "bounds", "{bound}", "{evalset}"),
+        benchmark:
+            bench_file("sample", "bounds", "{bound}", "{evalset}")
+        conda:
+            ENV
+        threads: config["threads"]
+        wildcard_constraints:
+            bound="|".join(BASE_BOUNDS),
+        params:
+            run=BASE_RUN,
+            source=lambda wc: sample_source(wc.evalset),
+            seeds=lambda wc: " ".join(map(str, EVALSETS[wc.evalset]["seeds"])),
+            steps=lambda wc: EVALSETS[wc.evalset]["steps"],
+            cfg=lambda wc: EVALSETS[wc.evalset].get("cfg_scale", 1.0),
+        shell:
+            "OMP_NUM_THREADS={threads} python -m mosaic.cli sample --run {params.run} --no-references {params.source}"
+            " --seeds {params.seeds} --steps {params.steps} --cfg-scale {params.cfg} --method {wildcards.bound}"
+            " --out {output} > {log} 2>&1"
