@@ -50,7 +50,7 @@ def test_reference_preprocessing_is_upstream_process_image_on_a_non_square_image
     a[10:30, 5:45] = (200, 30, 40)  # the subject, off-centre, in a wide image
     path = tmp_path / "wide.png"
     Image.fromarray(a).save(path)
-    out = upstream_reference(path, 64)
+    out = prepare_reference(path, 64)  # what the sampler feeds by default
     subject = np.zeros((64, 64), bool)
     subject[18:18 + 28, 3:3 + 57] = True
     assert out.shape == (64, 64, 3)
