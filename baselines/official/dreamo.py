@@ -7,7 +7,7 @@ num_inference_steps=, guidance_scale=, ref_conds=, generator=torch.Generator("cp
 true_cfg_scale=1, true_cfg_start_step=0, true_cfg_end_step=0, negative_prompt="", neg_guidance_scale=3.5,
 first_step_guidance_scale=guidance).images[0]`, with the app's defaults: 1024 px, 12 (turbo) steps,
 guidance 4.5 (v1.1), reference resolution 512, task "ip" for every reference. The code is pinned at COMMIT
-(the checkout must be at it): from c7d5305 on, the default init path loads the turbo LoRA unless no_turbo
+(a git checkout at another commit is refused): from c7d5305 on, the default init path loads the turbo LoRA unless no_turbo
 (`use_turbo=not self.no_turbo`); at 3ad62b3 and before it was inverted, so 12 steps ran without it.
 v1.1 (the default) loads `models/v1.1/dreamo_sft_lora.safetensors` and `dreamo_dpo_lora.safetensors`; v1 the
 quality LoRAs (`dreamo_quality_lora_{pos,neg}.safetensors`); both `dreamo.safetensors` and
@@ -55,10 +55,10 @@ class DreamOOfficial(OfficialBaseline):
 
     def _require_code(self) -> None:
         super()._require_code()
-        at = checkout_commit(self.repo)
-        if at != COMMIT:
-            raise OfficialUnavailable(f"{self.name}: the checkout {self.repo} is at {at or 'an unknown commit'}, "
-                                      f"the adapter is pinned to {COMMIT}: git -C {self.repo} checkout {COMMIT}")
+        at = checkout_commit(self.repo)  # None: a copy without git history, taken as it is
+        if at is not None and at != COMMIT:
+            raise OfficialUnavailable(f"{self.name}: the checkout {self.repo} is at {at}, the adapter is pinned "
+                                      f"to {COMMIT}: git -C {self.repo} checkout {COMMIT}")
 
     def missing_weights(self) -> list[str]:
         models, version = self.repo / "models", self.settings["version"]
