@@ -159,6 +159,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "model.max_refs": (lambda v: v >= 1, ">= 1"),
     "model.lora_rank": (lambda v: v >= 1, ">= 1"),
     "model.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.ref_guidance": (lambda v: v > 0, "> 0 (or null: the target's guidance)"),
     "data.train": (lambda v: bool(v), "a dataset folder"),
     "data.target_size": (lambda v: v > 0, "> 0"),
     "data.ref_size": (lambda v: v > 0, "> 0"),
