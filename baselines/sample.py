@@ -19,15 +19,19 @@ from .registry import get_baseline
 
 
 def sample_baseline(name: str, requests: list[Request], seeds: list[int], out: str | os.PathLike,
-                    method: str = "", overwrite: bool = False, **kwargs) -> Path:
-    """Sample a registered baseline (e.g. an official release, in its own environment) into `out`."""
-    b = get_baseline(name)(**kwargs)
+                    method: str = "", overwrite: bool = False, benchmark: str | None = None, **kwargs) -> Path:
+    """Sample a registered baseline (e.g. an official release, in its own environment) into `out`; on a
+    `benchmark` whose protocol the release fixes its own seeds for (UNO on DreamBench: 3407 + j), those seeds."""
+    cls = get_baseline(name)
+    seeds = cls.protocol_seeds(benchmark, seeds) if hasattr(cls, "protocol_seeds") else list(seeds)
+    b = cls(**kwargs)
 
     def generate(req: Request, seed: int):
         img = b.generate(req.prompt, req.references, seed, phrases=req.phrases or None)
         return np.asarray(img.convert("RGB")), None
     info = {"baseline": name, **{k: str(v) for k, v in kwargs.items()}}
-    settings = {**getattr(b, "settings", {}), **({"protocol": b.PROTOCOL} if getattr(b, "PROTOCOL", None) else {})}
+    settings = {**getattr(b, "settings", {}), **({"protocol": b.PROTOCOL} if getattr(b, "PROTOCOL", None) else {}),
+                "seeds": list(seeds)}
     return write_outputs(generate, requests, seeds, out, method or name, info, settings, overwrite)
 
 
@@ -40,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--baseline-arg {item!r}: expected KEY=VALUE")
         kwargs[key] = yaml.safe_load(raw)
     requests = requests_from_args(args)
-    out = sample_baseline(args.baseline, requests, args.seeds, args.out, args.method or "", args.overwrite, **kwargs)
+    out = sample_baseline(args.baseline, requests, args.seeds, args.out, args.method or "", args.overwrite,
+                          args.benchmark, **kwargs)
     print(f"wrote {len(requests) * len(args.seeds)} images to {out}")
     return 0

@@ -20,10 +20,11 @@ def build_components(cfg: Config, device: torch.device):
     lora = None
     if cfg.train.mode == "lora":
         kw = {"targets": tuple(mc.lora_targets)} if mc.lora_targets is not None else {}
-        lora = LoraSpec(rank=mc.lora_rank, alpha=mc.lora_alpha, dropout=mc.lora_dropout, **kw)
+        lora = LoraSpec(rank=mc.lora_rank, alpha=mc.lora_alpha, dropout=mc.lora_dropout, init=mc.lora_init, **kw)
     torch.manual_seed(cfg.train.seed)  # the LoRA's initial A matrices come from the global RNG
     model = build_model(mc.flavour, weights=mc.weights, lora=lora, pos_scheme=mc.pos_scheme, max_refs=mc.max_refs,
-                        gradient_checkpointing=mc.gradient_checkpointing, seed=cfg.train.seed, device=device)
+                        gradient_checkpointing=mc.gradient_checkpointing, seed=cfg.train.seed, device=device,
+                        ref_guidance=mc.ref_guidance)
     # only the weighted encoders live on a device
     text_kw = {"device": device} if get_flavour(mc.flavour).text["kind"] == "t5-clip" else {}
     codec = build_codec(mc.flavour, mc.weights)

@@ -39,6 +39,15 @@ class ModelConfig:
     lora_alpha: float | None = None  # None: = rank (scale 1)
     lora_targets: list[str] | None = None  # None: the upstream MOSAIC target modules (mosaic.model.lora)
     lora_dropout: float = 0.0
+    # the LoRA's initial A: "gaussian" N(0, 1/rank) as upstream MOSAIC / OminiControl (peft init_lora_weights=
+    # "gaussian"); "kaiming": peft's default kaiming-uniform (init_lora_weights=True)
+    lora_init: Literal["gaussian", "kaiming"] = "gaussian"
+    # the guidance embedding of the reference tokens' timestep-0 modulation: 1.0 as upstream gives the reference
+    # branch in training and at sampling (flux_omini.generate); None: the target's guidance (3.5 at flux-dev sampling)
+    ref_guidance: float | None = 1.0
+    # VAE posterior: "upstream" as MOSAIC's code: training target sample(), training references mode(), sampled
+    # references sample() (flux_omini.encode_images); "mode": the posterior mode everywhere
+    vae_posterior: Literal["upstream", "mode"] = "upstream"
     gradient_checkpointing: bool = False
     # "module:Class" adding modules, forward inputs or losses to a variant (the protocol: mosaic.extension);
     # its hyper-parameters go in extension_args
@@ -78,8 +87,8 @@ class TrainConfig:
     output_dir: str = "runs/default"
     steps: int = 100
     batch_size: int = 1  # per process
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = 8e-5  # upstream train.sh
+    weight_decay: float = 1e-2  # upstream train.sh (AdamW)
     warmup_steps: int = 0
     grad_clip: float = 1.0  # 0 disables clipping
     zero_stage: int = 2  # DeepSpeed ZeRO 0-3; 3 also partitions the (frozen) weights, gathered for export
@@ -87,10 +96,16 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50  # 0: only the final checkpoint
     keep_checkpoints: int = 2  # older checkpoint folders are deleted
-    ema_decay: float = 0.0  # 0 disables EMA; else the exported weights are the EMA weights
-    drop_image: float = 0.0  # probability of dropping all references of a sample
-    drop_text: float = 0.0  # probability of replacing the prompt by ""
-    drop_both: float = 0.0  # probability of both at once
+    ema_decay: float = 0.99  # upstream train.sh --ema (0.99); 0 disables EMA; else lora.safetensors holds the EMA
+    # weights and lora_raw.safetensors the trained ones (upstream exports both)
+    # "upstream": constant decay, the average taken before each update from the initial weights (MOSAIC train.py);
+    # "diffusers": diffusers EMAModel's (1 + n) / (10 + n) warm-up, after each update
+    ema_rule: Literal["upstream", "diffusers"] = "upstream"
+    drop_image: float = 0.05  # probability of dropping all references of a sample (upstream i_drop_rate)
+    drop_text: float = 0.05  # probability of replacing the prompt by "" (upstream t_drop_rate)
+    drop_both: float = 0.05  # probability of both at once (upstream ti_drop_rate)
+    # a dropped reference: "zero": its latents zeroed, kept as tokens (upstream); "mask": masked out (ref_mask)
+    drop_image_mode: Literal["zero", "mask"] = "zero"
     logit_mean: float = 0.0  # timestep density: sigmoid(N(logit_mean, logit_std))
     logit_std: float = 1.0
     resolution_shift: bool = True  # FLUX's sequence-length dependent timestep shift
@@ -144,6 +159,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "model.max_refs": (lambda v: v >= 1, ">= 1"),
     "model.lora_rank": (lambda v: v >= 1, ">= 1"),
     "model.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.ref_guidance": (lambda v: v > 0, "> 0 (or null: the target's guidance)"),
     "data.train": (lambda v: bool(v), "a dataset folder"),
     "data.target_size": (lambda v: v > 0, "> 0"),
     "data.ref_size": (lambda v: v > 0, "> 0"),

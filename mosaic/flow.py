@@ -41,15 +41,21 @@ def step_generator(seed: int, *stream: int) -> torch.Generator:
 
 @torch.no_grad()
 def encode_batch(batch: dict[str, Any], prompts: list[str], codec, text_encoder, device, dtype,
-                 with_refs: bool) -> Encoded:
-    """Target (and, with_refs, references) through the codec, prompts through the text encoder."""
+                 with_refs: bool, generator: torch.Generator | None = None) -> Encoded:
+    """Target (and, with_refs, references) through the codec, prompts through the text encoder.
+
+    With a `generator` the target is a posterior draw (upstream's training: `latent_dist.sample()`), the references
+    the posterior mode; samples flagged in batch["ref_zero"] (image dropout, upstream's way) get zero reference
+    latents, kept as tokens."""
     target = batch["target"].to(device)
-    x0 = codec.encode(target).to(dtype)
+    x0 = codec.encode(target, generator).to(dtype)
     refs = ref_mask = ref_grid = None
     if with_refs:
         b, k = batch["ref_mask"].shape
         r = batch["refs"].to(device)
         refs = codec.encode(r.flatten(0, 1)).unflatten(0, (b, k)).to(dtype)
+        if "ref_zero" in batch:
+            refs = refs.masked_fill(batch["ref_zero"].to(device)[:, None, None, None], 0)
         ref_mask, ref_grid = batch["ref_mask"].to(device), codec.grid(*r.shape[-2:])
     text, pooled = text_encoder.encode(prompts)
     return Encoded(x0, refs, ref_mask, text.to(device, dtype), pooled.to(device, dtype),

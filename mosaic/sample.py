@@ -85,27 +85,73 @@ def flux_timesteps(steps: int, n_tokens: int, device=None) -> tuple[Any, torch.T
     return sched, sched.timesteps
 
 
+REF_PREPROCESS = ("upstream", "fit")
+UPSTREAM_REF_SCALE = 0.9  # inference.py: process_image(..., scale=0.9)
+
+
+def _open(img) -> Image.Image:
+    if isinstance(img, (str, os.PathLike)):
+        with Image.open(img) as im:
+            im.load()
+            return im
+    return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, np.uint8))
+
+
 def _square(img, size: int) -> np.ndarray:
     """uint8 [size, size, 3]: centre crop to a square, then bicubic resize (PIL ImageOps.fit)."""
     if isinstance(img, (str, os.PathLike)):
         img = load_image(Path(img))
-    im = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, np.uint8))
-    return np.asarray(ImageOps.fit(im.convert("RGB"), (size, size), Image.BICUBIC))
+    return np.asarray(ImageOps.fit(_open(img).convert("RGB"), (size, size), Image.BICUBIC))
+
+
+def upstream_reference(img, size: int, scale: float = UPSTREAM_REF_SCALE) -> np.ndarray:
+    """uint8 [size, size, 3] as upstream MOSAIC's `process_image` (utils.py) prepares a reference for sampling:
+    transparent pixels onto white, crop to the bounding box of the non-white pixels, resize (Lanczos) so the long
+    side is int(size * scale), paste centred (floor) on a white square. Nothing of a non-square image is cut."""
+    im = _open(img)
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.new("RGB", rgba.size, (255, 255, 255))
+        im.paste(rgba, mask=rgba.split()[3])
+    im = im.convert("RGB")
+    a = np.asarray(im)
+    ys, xs = np.nonzero((a != 255).any(axis=2))
+    if len(ys):
+        im = im.crop((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    f = size * scale / max(im.size)
+    w, h = int(im.size[0] * f), int(im.size[1] * f)
+    out = Image.new("RGB", (size, size), (255, 255, 255))
+    out.paste(im.resize((w, h), Image.Resampling.LANCZOS), ((size - w) // 2, (size - h) // 2))
+    return np.asarray(out)
+
+
+def prepare_reference(img, size: int, how: str = "upstream") -> np.ndarray:
+    """A reference as the sampler feeds it: `upstream_reference` ("upstream") or `_square` ("fit": centre crop)."""
+    if how == "upstream":
+        return upstream_reference(img, size)
+    if how == "fit":
+        return _square(img, size)
+    raise ValueError(f"reference preprocessing {how!r}: expected one of {REF_PREPROCESS}")
 
 
 class Sampler:
     """A model with its codec and text encoder, sampling one image per call."""
 
     def __init__(self, model, codec, text_encoder, target_size: int, ref_size: int, extension=None,
-                 guidance: float = 1.0, attn_blocks=None, info: dict[str, Any] | None = None):
+                 guidance: float = 1.0, attn_blocks=None, info: dict[str, Any] | None = None,
+                 ref_preprocess: str = "upstream", ref_posterior: str = "sample"):
         self.model, self.codec, self.text_encoder, self.extension = model.eval(), codec, text_encoder, extension
         self.target_size, self.ref_size, self.guidance, self.attn_blocks = target_size, ref_size, guidance, attn_blocks
+        if ref_preprocess not in REF_PREPROCESS:
+            raise ValueError(f"ref_preprocess {ref_preprocess!r}: expected one of {REF_PREPROCESS}")
+        self.ref_preprocess, self.ref_posterior = ref_preprocess, ref_posterior  # posterior: "sample" or "mode"
         self.info = info or {}
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
 
     @classmethod
-    def from_run(cls, run: str | os.PathLike, device: str | torch.device | None = None) -> "Sampler":
+    def from_run(cls, run: str | os.PathLike, device: str | torch.device | None = None,
+                 ref_preprocess: str = "upstream") -> "Sampler":
         """Load a `mosaic train` output folder (see the module docstring)."""
         run = Path(run)
         shipped = run / PROVENANCE_FILE
@@ -135,8 +181,10 @@ class Sampler:
         info = {"run": str(run.resolve()), "variant": cfg.variant, "flavour": cfg.model.flavour,
                 "pos_scheme": cfg.model.pos_scheme, "extension": cfg.model.extension,
                 "weights": cfg.model.weights, "lora": str(lora.resolve()) if cfg.train.mode == "lora" else None}
+        info["ref_guidance"] = cfg.model.ref_guidance
+        posterior = "sample" if cfg.model.vae_posterior == "upstream" else "mode"
         return cls(model, codec, text_encoder, cfg.data.target_size, cfg.data.ref_size, ext, guidance,
-                   cfg.loss.blocks, info)
+                   cfg.loss.blocks, info, ref_preprocess, posterior)
 
     @torch.no_grad()
     def generate(self, prompt: str, references: list, seed: int, steps: int = 28, guidance: float | None = None,
@@ -155,8 +203,10 @@ class Sampler:
         n_tokens = grid[0] * grid[1]
         refs = ref_mask = ref_grid = None
         if k:
-            imgs = torch.stack([torch.from_numpy(_square(r, self.ref_size).copy()) for r in references]).permute(0, 3, 1, 2)
-            refs = self.codec.encode(imgs.to(dev).float().div(127.5).sub(1)).unsqueeze(0).to(dt)
+            imgs = torch.stack([torch.from_numpy(prepare_reference(r, self.ref_size, self.ref_preprocess).copy())
+                                for r in references]).permute(0, 3, 1, 2)
+            post = torch.Generator().manual_seed(int(seed) + 1) if self.ref_posterior == "sample" else None
+            refs = self.codec.encode(imgs.to(dev).float().div(127.5).sub(1), post).unsqueeze(0).to(dt)
             ref_mask = torch.ones(1, k, dtype=torch.bool, device=dev)
             ref_grid = self.codec.grid(self.ref_size, self.ref_size)
         x0 = torch.zeros(1, n_tokens, self.model.in_channels, device=dev, dtype=dt)  # shape only
@@ -263,13 +313,14 @@ def write_outputs(generate, requests: list[Request], seeds: list[int], out: str 
 def sample_run(run: "str | os.PathLike | Sampler", requests: list[Request], seeds: list[int], out: str | os.PathLike,
                steps: int = 28, guidance: float | None = None, attention: bool = False, method: str = "",
                device: str | None = None, overwrite: bool = False, cfg_scale: float = 1.0,
-               references: bool = True) -> Path:
+               ref_preprocess: str = "upstream", references: bool = True) -> Path:
     """Sample a training run (MOSAIC or a controlled baseline; a run folder or its loaded Sampler) into `out`.
     `references=False`: the prompt alone (a base without references); the manifest still names the references,
     so the metrics score the images against them."""
-    s = run if isinstance(run, Sampler) else Sampler.from_run(run, device)
+    s = run if isinstance(run, Sampler) else Sampler.from_run(run, device, ref_preprocess)
     settings = {"steps": steps, "guidance": s.guidance if guidance is None else guidance, "cfg_scale": cfg_scale,
-                "target_size": s.target_size, "ref_size": s.ref_size,
+                "target_size": s.target_size, "ref_size": s.ref_size, "ref_preprocess": s.ref_preprocess,
+                "ref_guidance": s.info.get("ref_guidance"), "ref_posterior": s.ref_posterior,
                 "scheduler": "FlowMatchEulerDiscreteScheduler", "references": references, **FLUX_SCHEDULER}
 
     def generate(req: Request, seed: int):
@@ -316,6 +367,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="guidance embedding (--run; default: 3.5 for flux-dev, else the run's train.guidance)")
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance on the prompt (--run; 1: off), for a base trained with text dropout")
+    p.add_argument("--ref-preprocess", choices=REF_PREPROCESS, default="upstream",
+                   help="references: upstream MOSAIC's process_image (crop to the subject, 0.9 of the side, white "
+                        "square; default) or fit (centre crop) (--run)")
     p.add_argument("--limit", type=int, help="only the first N prompts")
     p.add_argument("--attention", action="store_true", help="also write per-reference attention maps (--run)")
     p.add_argument("--no-references", action="store_true",
@@ -344,6 +398,7 @@ def run(args: argparse.Namespace) -> int:
     """`mosaic sample --run RUN` (the CLI sends --baseline to baselines.sample)."""
     requests = requests_from_args(args)
     out = sample_run(args.run, requests, args.seeds, args.out, args.steps, args.guidance, args.attention,
-                     args.method or "", args.device, args.overwrite, args.cfg_scale, not args.no_references)
+                     args.method or "", args.device, args.overwrite, args.cfg_scale, args.ref_preprocess,
+                     not args.no_references)
     print(f"wrote {len(requests) * len(args.seeds)} images to {out}")
     return 0

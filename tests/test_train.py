@@ -192,7 +192,8 @@ def test_dropout_modes():
     b, k, p = 4000, 2, 3
     batch = {"prompt": ["a red star"] * b, "ref_mask": torch.ones(b, k, dtype=torch.bool),
              "point_mask": torch.ones(b, k, p, dtype=torch.bool)}
-    cfg = load_config(None, ["data.train=x", "train.drop_image=0.2", "train.drop_text=0.3", "train.drop_both=0.1"])
+    cfg = load_config(None, ["data.train=x", "train.drop_image=0.2", "train.drop_text=0.3", "train.drop_both=0.1",
+                             "train.drop_image_mode=mask"])
     out, prompts = apply_dropout(batch, cfg, step_generator(0, 0, 0))
     no_refs = ~out["ref_mask"].any(1)
     no_text = torch.tensor([q == "" for q in prompts])
@@ -252,6 +253,7 @@ class StandInExtension:
 def test_extension_and_curriculum(tmp_path, data):
     StandInExtension.made.clear()
     cfg = load_config(None, overrides(tmp_path, data, "train.steps=6", "train.lr=0.1", "train.batch_size=1",
+                                      "train.ema_decay=0",  # the exported extension is the trained one
                                       f"model.extension={__name__}:StandInExtension",
                                       "model.extension_args={target: 1.0}",
                                       f"data.curriculum=[{{train: {data['train']}, steps: 3, max_k: 1}}]"))

@@ -108,6 +108,11 @@ class OfficialBaseline:
                 f"{self.name}: cannot import the upstream module {self.MODULE!r}{where}: {e}. {self.INSTALL}; "
                 f"run it in the conda environment {self.env_file} (Snakemake `conda:`)") from None
 
+    @classmethod
+    def protocol_seeds(cls, benchmark: str | None, seeds: list[int]) -> list[int]:
+        """The seeds the release's own protocol uses on `benchmark` for len(seeds) images (default: `seeds`)."""
+        return list(seeds)
+
     def missing_weights(self) -> list[str]:
         """One line per missing weight: what it is and where it must be."""
         raise NotImplementedError

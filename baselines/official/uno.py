@@ -29,7 +29,13 @@ class UnoOfficial(OfficialBaseline):
     INSTALL = "install UNO: git clone https://github.com/bytedance/UNO && pip install -e UNO"
     DEFAULTS = {"model_type": "flux-dev", "width": 512, "height": 512, "num_steps": 25, "guidance": 4.0, "pe": "d",
                 "ref_size": -1, "lora_rank": 512, "offload": False}
+    SEED = 3407  # upstream inference.py: seed=args.seed + j for the j-th image of a prompt (default 3407)
     PROTOCOL = {"seeds": "3407 + j for the j-th image of a prompt (DreamBench)"}
+
+    @classmethod
+    def protocol_seeds(cls, benchmark: str | None, seeds: list[int]) -> list[int]:
+        """The seeds UNO's own DreamBench run uses for len(seeds) images per prompt (3407 + j); others as given."""
+        return [cls.SEED + j for j in range(len(seeds))] if benchmark == "dreambench" else list(seeds)
 
     def missing_weights(self) -> list[str]:
         out = []

@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--n", type=int, default=100, help="number of collages")
     m.add_argument("--k", type=int, nargs="+", default=[2], help="subjects per collage (one or several K)")
     m.add_argument("--canvas", type=int, default=512, help="canvas side in px")
+    m.add_argument("--single", choices=["pair", "collage"], default="pair",
+                   help="K = 1: the source pair itself, as upstream trains (default), or a one-subject collage")
+    m.add_argument("--prompt", choices=["descriptions", "phrases"], default="descriptions",
+                   help="a collage's prompt: the phrases then each subject's description (default), or the phrases")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--overwrite", action="store_true")
 
@@ -114,8 +118,8 @@ def _validate(args) -> int:
 def _collage(args) -> int:
     from .collage import write_collages
 
-    out = write_collages(args.source, args.out, args.n, args.k, args.seed, args.overwrite,
-                         canvas_size=(args.canvas, args.canvas))
+    out = write_collages(args.source, args.out, args.n, args.k, args.seed, args.overwrite, single=args.single,
+                         prompt=args.prompt, canvas_size=(args.canvas, args.canvas))
     print(f"wrote {args.n} collages (K in {args.k}) to {out}")
     return 0
 

@@ -175,12 +175,36 @@ def build_collage(
     )
 
 
-def write_collages(source_root: str | os.PathLike, out: str | os.PathLike, num: int, k: int | Sequence[int],
-                   seed: int, overwrite: bool = False, **kwargs) -> Path:
-    """Write `num` collages, each of k single-subject samples with distinct subject ids.
+def described_prompt(sources: Sequence[Sample]) -> str:
+    """A K >= 2 collage's prompt that keeps every subject's description: the joined phrases, then each source's
+    own prompt (its Subjects200K description), e.g. "a mug and a red scarf. A mug on a desk... A red scarf ..."."""
+    return join_phrases([s.references[0].phrase for s in sources]) + ". " + " ".join(s.prompt.strip() for s in sources)
 
-    `k` is one K or a list to draw each collage's K from; `kwargs` go to `build_collage`.
+
+def pair_sample(source: Sample, sample_id: str) -> Sample:
+    """A K = 1 training sample as upstream builds it: the source pair itself (the subject's other view as the
+    reference, its scene as the target, its description as the prompt). A description that does not contain the
+    subject's phrase (which the XVerse baseline and CLIP-T look up) gets the phrase in front: "<phrase>: <desc>"."""
+    phrase, prompt = source.references[0].phrase, source.prompt
+    if phrase.lower() not in prompt.lower():
+        prompt = f"{phrase}: {prompt}"
+    return Sample(sample_id, prompt, source.target, source.references, source.masks,
+                  {**source.meta, "source": "pair", "sources": [source.id], "prompt_prefixed": prompt != source.prompt})
+
+
+def write_collages(source_root: str | os.PathLike, out: str | os.PathLike, num: int, k: int | Sequence[int],
+                   seed: int, overwrite: bool = False, single: str = "pair", prompt: str = "descriptions",
+                   **kwargs) -> Path:
+    """Write `num` samples, each of k single-subject samples with distinct subject ids.
+
+    `k` is one K or a list to draw each sample's K from. K = 1 is the source pair itself (`single="pair"`, as
+    upstream trains) or a one-subject collage ("collage"); a collage's prompt keeps each subject's description
+    (`prompt="descriptions"`, `described_prompt`) or joins the phrases only ("phrases"). `kwargs` go to
+    `build_collage`.
     """
+    if single not in ("pair", "collage") or prompt not in ("descriptions", "phrases"):
+        raise ValueError(f"write_collages: single={single!r} (pair | collage), prompt={prompt!r} "
+                         "(descriptions | phrases)")
     by_subject: dict[str, list[dict]] = {}
     for rec in read_manifest(source_root):
         subject = rec["references"][0].get("subject_id") if rec.get("references") else None
@@ -191,10 +215,16 @@ def write_collages(source_root: str | os.PathLike, out: str | os.PathLike, num: 
         raise DataError(f"{Path(source_root)}: {len(subjects)} distinct subjects, cannot draw K = {max(ks)}")
     rng = np.random.default_rng(seed)
     with DatasetWriter(out, metadata={"source": "collage", "from": str(source_root), "seed": seed,
-                                      "k": ks}, overwrite=overwrite) as w:
+                                      "k": ks, "single": single, "prompt": prompt}, overwrite=overwrite) as w:
         for n in range(num):
             picks = rng.choice(len(subjects), size=int(rng.choice(ks)), replace=False)
             recs = [by_subject[subjects[int(i)]] for i in picks]
             sources = [load_sample(source_root, r[int(rng.integers(len(r)))]) for r in recs]
-            w.add(build_collage(sources, seed=int(rng.integers(2**31)), sample_id=f"collage{n:06d}", **kwargs))
+            layout_seed = int(rng.integers(2**31))
+            if len(sources) == 1 and single == "pair":
+                w.add(pair_sample(sources[0], f"collage{n:06d}"))
+                continue
+            text = described_prompt(sources) if prompt == "descriptions" else "{subjects}"
+            w.add(build_collage(sources, seed=layout_seed, sample_id=f"collage{n:06d}",
+                                prompt=(lambda _, t=text: t) if prompt == "descriptions" else text, **kwargs))
     return Path(out)

@@ -52,15 +52,16 @@ class Codec:
             raise ValueError(f"image size {height}x{width} is not a multiple of {step} px (one token per {step} px)")
         return height // step, width // step
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Tokens of `images`; with a `generator`, a VAE draws from its posterior (a deterministic codec ignores it)."""
         self.grid(*images.shape[-2:])
-        return pack(self.to_latents(images))
+        return pack(self.to_latents(images, generator))
 
     def decode(self, tokens: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
         h, w = self.grid(*size_hw)
         return self.from_latents(unpack(tokens, (h * self.patch, w * self.patch)))
 
-    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+    def to_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def from_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -73,8 +74,8 @@ class PixelCodec(Codec):
     def __init__(self, downsample: int = 4):
         self.downsample, self.latent_channels = downsample, 3 * downsample * downsample
 
-    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
-        return F.pixel_unshuffle(images, self.downsample)
+    def to_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return F.pixel_unshuffle(images, self.downsample)  # deterministic: no posterior to draw from
 
     def from_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(latents, self.downsample)
@@ -83,7 +84,8 @@ class PixelCodec(Codec):
 class VaeCodec(Codec):
     """FLUX VAE codec: AutoencoderKL latents normalised by the VAE config's shift and scale.
 
-    `encode` uses the posterior mode (deterministic) unless `sample=True` was set.
+    `encode` uses the posterior mode (deterministic), or a posterior draw from `generator` when one is given
+    (or from the global RNG when `sample=True` was set).
     """
 
     def __init__(self, vae, sample: bool = False):
@@ -106,9 +108,9 @@ class VaeCodec(Codec):
             raise load_error(root / (sub or ""), "AutoencoderKL", e) from None
 
     @torch.no_grad()
-    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+    def to_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        z = dist.sample() if self.sample else dist.mode()
+        z = dist.sample(generator) if generator is not None or self.sample else dist.mode()
         return (z - self.shift) * self.scale
 
     @torch.no_grad()

@@ -26,6 +26,9 @@ UPSTREAM_TARGETS = ("x_embedder",) + tuple(
     f"double.{m}" for m in ("norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2")
 ) + tuple(f"single.{m}" for m in SINGLE_MODULES)
 
+# peft's init_lora_weights per name: A ~ N(0, 1/rank), or kaiming-uniform(a=sqrt(5)) (A's bound 1/sqrt(fan_in)); B = 0
+LORA_INITS = {"gaussian": "gaussian", "kaiming": True}
+
 
 @dataclass(frozen=True)
 class LoraSpec:
@@ -33,12 +36,15 @@ class LoraSpec:
     alpha: float | None = None  # None -> rank (scaling 1)
     targets: tuple[str, ...] = UPSTREAM_TARGETS
     dropout: float = 0.0
+    init: str = "gaussian"  # peft init_lora_weights: "gaussian" (upstream MOSAIC, OminiControl) or "kaiming" (True)
 
     def __post_init__(self):
         if not (isinstance(self.rank, int) and self.rank > 0):
             raise ValueError(f"lora.rank must be a positive integer, got {self.rank!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.init not in LORA_INITS:
+            raise ValueError(f"lora.init must be one of {tuple(LORA_INITS)}, got {self.init!r}")
         object.__setattr__(self, "targets", tuple(self.targets))
         if not self.targets:
             raise ValueError("lora.targets is empty")
@@ -59,7 +65,8 @@ class LoraSpec:
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.rank if self.alpha is None else self.alpha,
-                          lora_dropout=self.dropout, target_modules=self.target_regex(), init_lora_weights=True)
+                          lora_dropout=self.dropout, target_modules=self.target_regex(),
+                          init_lora_weights=LORA_INITS[self.init])
 
 
 def base_layer(layer: torch.nn.Module) -> torch.nn.Module:

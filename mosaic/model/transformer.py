@@ -29,7 +29,8 @@ ADAPTER = "default"
 
 class MosaicTransformer(torch.nn.Module):
     def __init__(self, transformer: FluxTransformer2DModel, flavour: Flavour, lora: LoraSpec | None = None,
-                 pos_scheme: str = "left", max_refs: int | None = None, gradient_checkpointing: bool = False):
+                 pos_scheme: str = "left", max_refs: int | None = None, gradient_checkpointing: bool = False,
+                 ref_guidance: float | None = 1.0):
         super().__init__()
         if pos_scheme not in POS_SCHEMES:
             raise ValueError(f"pos_scheme must be one of {POS_SCHEMES}, got {pos_scheme!r}")
@@ -38,6 +39,7 @@ class MosaicTransformer(torch.nn.Module):
         if self.max_refs < 1:
             raise ValueError(f"max_refs must be >= 1, got {max_refs!r}")
         self.gradient_checkpointing = gradient_checkpointing
+        self.ref_guidance = ref_guidance  # None: the references' modulation reuses the target's guidance
         self.transformer = transformer
         if lora is not None:
             transformer.add_adapter(lora.peft_config(), adapter_name=ADAPTER)
@@ -103,16 +105,21 @@ class MosaicTransformer(torch.nn.Module):
         return tr.proj_out(tr.norm_out(x[:, layout.target], temb_t))
 
     def time_embeddings(self, timestep, guidance, pooled, with_refs: bool = True):
-        """(temb at timestep t, temb at timestep 0 for the references); timesteps in [0, 1]."""
+        """(temb at timestep t, temb at timestep 0 for the references); timesteps in [0, 1].
+
+        The references' embedding takes guidance `ref_guidance` (1.0: upstream's reference branch, in training and
+        at sampling alike), not the target's, unless ref_guidance is None."""
         tr, dtype = self.transformer, pooled.dtype
         if tr.config.guidance_embeds:
             guidance = torch.ones_like(timestep) if guidance is None else guidance
-            embed = lambda t: tr.time_text_embed(t.to(dtype) * 1000, guidance.to(dtype) * 1000, pooled)  # noqa: E731
+            ref_g = guidance if self.ref_guidance is None else torch.full_like(guidance, self.ref_guidance)
+            embed = lambda t, g: tr.time_text_embed(t.to(dtype) * 1000, g.to(dtype) * 1000, pooled)  # noqa: E731
         else:
             if guidance is not None:
                 raise ValueError(f"flavour {self.flavour.name!r} has no guidance embedding; pass guidance=None")
-            embed = lambda t: tr.time_text_embed(t.to(dtype) * 1000, pooled)  # noqa: E731
-        return embed(timestep), (embed(torch.zeros_like(timestep)) if with_refs else None)
+            ref_g = None
+            embed = lambda t, g: tr.time_text_embed(t.to(dtype) * 1000, pooled)  # noqa: E731
+        return embed(timestep, guidance), (embed(torch.zeros_like(timestep), ref_g) if with_refs else None)
 
     def _run(self, fn, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -198,8 +205,8 @@ def load_transformer(flavour: Flavour, weights: str | os.PathLike, dtype: torch.
 
 def build_model(flavour: str | Flavour, weights: str | os.PathLike | None = None, lora: LoraSpec | None = LoraSpec(),
                 pos_scheme: str = "left", max_refs: int | None = None, gradient_checkpointing: bool = False,
-                seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
-                ) -> MosaicTransformer:
+                seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None,
+                ref_guidance: float | None = 1.0) -> MosaicTransformer:
     """A MOSAIC model of a named flavour: pretrained `weights` or seeded random init, plus the reference LoRA.
 
     `lora=None` builds the plain base model (all weights trainable), e.g. for pre-training the tiny base.
@@ -212,7 +219,7 @@ def build_model(flavour: str | Flavour, weights: str | os.PathLike | None = None
         else:
             with device, _default_dtype(dtype):  # initialise in place: no fp32 copy of a large model
                 tr = FluxTransformer2DModel(**fl.transformer)
-        model = MosaicTransformer(tr, fl, lora, pos_scheme, max_refs, gradient_checkpointing)
+        model = MosaicTransformer(tr, fl, lora, pos_scheme, max_refs, gradient_checkpointing, ref_guidance)
     return model.to(device)
 
 

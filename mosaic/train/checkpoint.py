@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..runfolder import BASE_DIR, CHECKPOINTS, LATEST, LORA_FILE, atomic_write
+from ..runfolder import BASE_DIR, CHECKPOINTS, LATEST, LORA_FILE, LORA_RAW_FILE, atomic_write
 from .partitioned import gathered, is_partitioned, local_tensors, whole
 
 
@@ -88,11 +88,14 @@ class Checkpointer:
 
     def export(self, ext=None) -> list[Path]:
         """The final weights (EMA weights when EMA is on): the LoRA safetensors or the base transformer
-        folder, then the extension's files. Every rank calls it (ZeRO-3 gathers the weights, and the EMA
-        from each rank's slices, collectively); rank 0 writes and returns the paths, the others []."""
+        folder, then the extension's files, then (LoRA with EMA) the trained LoRA before averaging, as upstream
+        writes both. Every rank calls it (ZeRO-3 gathers the weights, and the EMA from each rank's slices,
+        collectively); rank 0 writes and returns the paths, the others []."""
         model, ema, params, out = self.engine.module, self.ema, self.params, self.out
         with gathered(params):
-            stored = None
+            stored, raw = None, []
+            if ema is not None and self.lora_mode and self.rank == 0:
+                raw = [model.save_lora(out / LORA_RAW_FILE)]
             if ema is not None:
                 averaged = [whole(s, p) for s, p in zip(ema.shadow_params, params)]
                 stored = [p.data.to("cpu", copy=True) for p in params]
@@ -102,7 +105,7 @@ class Checkpointer:
                 if self.rank != 0:
                     return []
                 paths = [model.save_lora(out / LORA_FILE) if self.lora_mode else model.save_base(out / BASE_DIR)]
-                return paths + (list(ext.export(model, out)) if ext is not None else [])
+                return paths + (list(ext.export(model, out)) if ext is not None else []) + raw
             except Exception as e:  # e.g. a full disk (OSError, or safetensors' own error); no partial file is left
                 raise TrainingError(f"{out / (LORA_FILE if self.lora_mode else BASE_DIR)}: exporting the trained "
                                     f"weights failed ({str(e).strip()[:300]}); the final checkpoint "

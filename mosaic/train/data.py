@@ -16,18 +16,24 @@ from ..data.dataset import collate, load_dataset
 
 
 def apply_dropout(batch: dict[str, Any], cfg: Config, g: torch.Generator) -> tuple[dict[str, Any], list[str]]:
-    """Per sample: drop both (p_both), else the references (p_image), else the prompt (p_text).
+    """Per sample, from one uniform u as upstream's Subjects200K dataset: u < p_image drops the references,
+    then p_text the prompt (""), then p_both both.
 
-    Dropped references are masked out (`ref_mask`, `point_mask`), so they neither condition
-    the target nor enter SCAL/MDL; a dropped prompt becomes "".
+    A dropped reference is, with train.drop_image_mode "zero" (upstream), flagged in `ref_zero`: its latents become
+    zeros that stay tokens (mosaic.flow.encode_batch) and it still enters SCAL/MDL, as upstream's loss reads the
+    points whatever was dropped; with "mask" it is masked out (`ref_mask`, `point_mask`) and conditions nothing.
     """
     tc = cfg.train
     u = torch.rand(len(batch["prompt"]), generator=g)
-    both = u < tc.drop_both
-    image = both | ((u >= tc.drop_both) & (u < tc.drop_both + tc.drop_image))
-    text = both | ((u >= tc.drop_both + tc.drop_image) & (u < tc.drop_both + tc.drop_image + tc.drop_text))
-    batch = dict(batch, ref_mask=batch["ref_mask"] & ~image[:, None],
-                 point_mask=batch["point_mask"] & ~image[:, None, None])
+    image_only = u < tc.drop_image
+    text_only = (u >= tc.drop_image) & (u < tc.drop_image + tc.drop_text)
+    both = (u >= tc.drop_image + tc.drop_text) & (u < tc.drop_image + tc.drop_text + tc.drop_both)
+    image, text = image_only | both, text_only | both
+    if tc.drop_image_mode == "zero":
+        batch = dict(batch, ref_zero=image)
+    else:
+        batch = dict(batch, ref_mask=batch["ref_mask"] & ~image[:, None],
+                     point_mask=batch["point_mask"] & ~image[:, None, None])
     return batch, ["" if d else p for p, d in zip(batch["prompt"], text.tolist())]
 
 

@@ -13,9 +13,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from diffusers.training_utils import EMAModel
 
 from ..config import Config
 from .partitioned import local_tensors
+
+
+class ConstantEMA(EMAModel):
+    """Upstream MOSAIC's EMA (train.py): ema <- ema + (1 - decay) (p - ema) at every step, from the initial
+    weights, no warm-up (diffusers' EMAModel ramps the decay as (1 + n) / (10 + n))."""
+
+    def get_decay(self, optimization_step: int) -> float:
+        return self.decay
 
 
 def setup_distributed() -> tuple[torch.device, int, int]:
@@ -68,7 +77,7 @@ def build_engine(model, cfg: Config, bf16: bool):
                                                    config=deepspeed_config(cfg, bf16))
     ema = None
     if cfg.train.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(local_tensors(params), decay=cfg.train.ema_decay)  # ZeRO-3: this rank's slices
+        cls = ConstantEMA if cfg.train.ema_rule == "upstream" else EMAModel
+        ema = cls(local_tensors(params), decay=cfg.train.ema_decay)  # ZeRO-3: this rank's slices
     return engine, scheduler, ema, params
+

@@ -81,15 +81,18 @@ def train(cfg: Config, stop_after: int | None = None, callbacks: list[Callback] 
                 g = step_generator(cfg.train.seed, rank, step)
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # in-model randomness (LoRA dropout)
                 batch, prompts = apply_dropout(next(data), cfg, g)
-                enc = encode_batch(batch, prompts, codec, text_encoder, device, dtype, with_refs=lora_mode)
+                enc = encode_batch(batch, prompts, codec, text_encoder, device, dtype, with_refs=lora_mode,
+                                   generator=g if cfg.model.vae_posterior == "upstream" else None)
                 losses = forward_losses(engine, enc, batch, prompts, cfg, step, g, ext)
                 for h in hooks:
                     h.on_loss(step + 1, losses)
                 stopping = agree_to_continue(losses, sigterm.set, step + 1, device, out)
                 lr = scheduler.get_last_lr()[0]
                 engine.backward(losses["total"])
+                if ema is not None and cfg.train.ema_rule == "upstream":  # upstream averages before the update
+                    ema.step(local_tensors(params))
                 engine.step()
-                if ema is not None:
+                if ema is not None and cfg.train.ema_rule == "diffusers":
                     ema.step(local_tensors(params))
                 step += 1
                 if logger:

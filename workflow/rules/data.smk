@@ -1,7 +1,8 @@
 # Data: train_k{K} (1..K subjects per sample: K is the most subjects a training sees), val (the
 # trainer's mechanism evaluation), test_k{n} (exactly n subjects: the held-out evaluation sets),
 # with disjoint identities. Tiny: the synthetic world. Paper: Subjects200K (+ SemAlign
-# correspondences) converted per identity split, then composed into K-subject collages.
+# correspondences) converted per identity split, then composed: K = 1 samples are the Subjects200K pairs
+# themselves (as upstream trains), K >= 2 collages whose prompts keep each subject's description (docs/fidelity.md).
 
 
 rule synthetic_split:

@@ -25,11 +25,13 @@ rule sample:
         seeds=lambda wc: " ".join(map(str, EVALSETS[wc.evalset]["seeds"])),
         steps=lambda wc: EVALSETS[wc.evalset]["steps"],
         cfg=lambda wc: EVALSETS[wc.evalset].get("cfg_scale", 1.0),
+        prep=lambda wc: EVALSETS[wc.evalset].get("ref_preprocess", "upstream"),
         mechanism=lambda wc: "--mechanism" if EVALSETS[wc.evalset]["mechanism"] else "",
         script=f"{SCRIPTS}/sample.py",
     shell:
         "OMP_NUM_THREADS={threads} python {params.script} --run {params.run} {params.source} --seeds {params.seeds}"
-        " --steps {params.steps} --cfg-scale {params.cfg} {params.mechanism} --out {output} > {log} 2>&1"
+        " --steps {params.steps} --cfg-scale {params.cfg} --ref-preprocess {params.prep} {params.mechanism}"
+        " --out {output} > {log} 2>&1"
 
 
 # The bounds of the image metrics on a held-out set (mosaic.bounds): its real target images (ceiling)

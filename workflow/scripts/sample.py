@@ -1,7 +1,8 @@
 """Workflow adapter: the model-side work of one (training, evaluation set): samples and held-out attention.
 
     python workflow/scripts/sample.py --run RUN (--dataset DIR | --benchmark B --scenario S
-        [--benchmarks-root DIR] [--limit N]) --seeds 0 1 --steps 8 [--mechanism] --out DIR
+        [--benchmarks-root DIR] [--limit N]) --seeds 0 1 --steps 8 [--ref-preprocess upstream|fit]
+        [--mechanism] --out DIR
 
 Samples every prompt with `mosaic.sample.sample_run` (images, per-reference attention maps and the
 manifest `mosaic eval` reads). With --mechanism (a --dataset with correspondences) it also
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance on the prompt (1: off)")
+    p.add_argument("--ref-preprocess", choices=["upstream", "fit"], default="upstream",
+                   help="references: upstream MOSAIC's process_image, or a centre crop (mosaic.sample)")
     p.add_argument("--mechanism", action="store_true", help="also the held-out mechanism metrics on --dataset")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = (dataset_requests(args.dataset) if args.dataset
                 else benchmark_requests(args.benchmark, args.scenario, args.benchmarks_root))
     requests = requests[: args.limit] if args.limit else requests
-    sampler = Sampler.from_run(args.run)  # the one model load of this job
+    sampler = Sampler.from_run(args.run, ref_preprocess=args.ref_preprocess)  # the one model load of this job
     measured = mechanism(sampler, args.run, args.dataset) if args.mechanism else None
     with atomic_dir(args.out, overwrite=True) as tmp:  # the sample folder appears with its mechanism files
         sample_run(sampler, requests, args.seeds, tmp, steps=args.steps, attention=True, overwrite=True,
