@@ -1,18 +1,20 @@
-"""Do the tiny world's image metrics carry the method signal? Ceiling, floor, base, variants, baselines.
+"""Do the tiny world's image metrics carry the method signal? Ceiling, base, floor, variants, baselines.
 
-    python bench/image_signal.py --out runs/image_signal [--seeds 0 1 2] [--k 2 4] [--cores 2]
+    python bench/image_signal.py --out runs/image_signal [--seeds 0 1 2] [--k 2 3 4 5 6] [--cores 2]
 
-Runs the workflow (the tiny profile as configured in workflow/config/tiny.yaml, shipped base and
-evaluators) into --out with one study, its `ablation` widened: the four variants and the four controlled baselines,
-each trained once per seed, plus the bounds (mosaic.bounds: the real targets, the ceiling; their
-backgrounds alone, the floor), on the held-out test scenes with K subjects. It then samples the base
-without references (text only, one sampling seed per seed), and prints, per K, the mean +- standard
-error over seeds of DINO, CLIP-I (mean over references and the per-image minimum) and CLIP-T under the
-tiny-world evaluators, and the differences the paper predicts, each with a verdict at 2 standard
-errors: "yes" (the predicted sign, resolved), "no" (the opposite sign, resolved), "not resolved".
+Runs the workflow (the tiny profile as configured in workflow/config/tiny.yaml: the places world, shipped
+base and evaluators) into --out with one study, its `ablation` widened: the loss variants (calibrated, and
+MOSAIC with the paper's weights uncalibrated) and the four controlled baselines, each trained once per
+seed, plus the bounds (the real targets, the ceiling; the base model from the prompt alone, no references;
+the backgrounds alone, the floor), on the held-out test scenes with K subjects. It prints, per K, the mean
++- standard error over seeds of the per-subject scores (Own-Ref: a subject's own reference's colours in its
+prompted place; Other-Ref: another reference's there, blending and leakage; Shape-Acc: the prompted kind
+there) and of DINO, CLIP-I and CLIP-T under the tiny-world evaluators, and the differences the paper
+predicts, each with a verdict at 2 standard errors: "yes" (the predicted sign, resolved), "no" (the
+opposite sign, resolved), "not resolved".
 
-Values come from the run's MLflow store (workflow.lib.tables.load_runs), as the tables' do; the
-table is also written to <out>/image_signal.csv. Rerunning reuses what the workflow finished.
+Values come from the run's MLflow store (workflow.lib.tables.load_runs), as the tables' do; the table is
+also written to <out>/image_signal.csv. Rerunning reuses what the workflow finished.
 """
 from __future__ import annotations
 
@@ -30,14 +32,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # workflow.lib (the tables' MLflow reader) is not an installed package
-METHODS = ["ceiling", "floor", "none", "scal", "mdl", "mosaic", "omnicontrol", "uno", "dreamo", "xverse"]
-METRICS = {"DINO": "metrics.img/DINO", "CLIP-I": "metrics.img/CLIP-I", "CLIP-I min": "metrics.img/CLIP-I.min",
-           "CLIP-T": "metrics.img/CLIP-T"}
-# (label, a, b, metric): the paper predicts a > b
-PREDICTIONS = [("SCAL - none", "scal", "none", m) for m in ("DINO", "CLIP-I", "CLIP-I min")] + [
-    ("MOSAIC - SCAL", "mosaic", "scal", "CLIP-T")] + [
-    (f"MOSAIC - {b}", "mosaic", b, m) for b in ("omnicontrol", "uno", "dreamo", "xverse")
-    for m in ("DINO", "CLIP-I", "CLIP-T")]
+BASELINES = ("omnicontrol", "uno", "dreamo", "xverse")
+METHODS = ["ceiling", "base", "floor", "none", "scal", "mdl", "mosaic", "mosaic-paper", *BASELINES]
+METRICS = {m: f"metrics.img/{m}" for m in ("Own-Ref", "Other-Ref", "Shape-Acc", "DINO", "CLIP-I", "CLIP-T")}
+# (label, a, b, metric, sign): the paper predicts sign * (a - b) > 0
+PREDICTIONS = [("SCAL raises identity: scal - none", "scal", "none", m, 1) for m in ("Own-Ref", "DINO", "CLIP-I")] + [
+    ("MDL lowers leakage: mdl - none", "mdl", "none", "Other-Ref", -1),
+    ("MDL lowers leakage: mosaic - scal", "mosaic", "scal", "Other-Ref", -1),
+    ("MDL raises CLIP-T: mdl - none", "mdl", "none", "CLIP-T", 1),
+    ("MDL raises CLIP-T: mosaic - scal", "mosaic", "scal", "CLIP-T", 1)]
 
 
 def study_config(seeds: list[int], ks: list[int], results: Path) -> dict:
@@ -58,42 +61,6 @@ def run_workflow(cfg: dict, out: Path, cores: int) -> None:
            str(path), "--cores", str(cores), "--workflow-profile", "none", "--rerun-incomplete",
            f"{cfg['results']}/ablation.csv"]
     subprocess.run(cmd, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-
-
-def base_values(cfg: dict, results: Path, seeds: list[int], ks: list[int], out: Path) -> pd.DataFrame:
-    """The shipped base sampled without references on each test split, one sampling seed per seed, scored."""
-    from metrics.config import load_config as load_metrics
-    from mosaic.runfolder import BASE_DIR, CONFIG_FILE, MANIFEST_FILE
-    from mosaic.sample import Sampler, dataset_requests, write_outputs
-    from workflow.scripts.evaluate import image_metrics  # the DAG's own img/<metric>[.min] values
-
-    run = out / "base_run"
-    run.mkdir(parents=True, exist_ok=True)
-    weights = (ROOT / cfg["artefacts"] / "base").resolve()
-    if not (run / BASE_DIR).exists():
-        (run / BASE_DIR).symlink_to(weights)
-    (run / CONFIG_FILE).write_text(yaml.safe_dump({"variant": "base", "model": {"flavour": "tiny"},
-                                                    "train": {"mode": "base", "output_dir": str(run)}}))
-    sampler = Sampler.from_run(run)
-    metrics_cfg = load_metrics(results / "metrics" / "metrics_config.json", None)
-    ev = cfg["evalsets"]["heldout"]
-    rows = []
-    for k in ks:
-        reqs = dataset_requests(results / "data" / "synthetic" / f"test_k{k}")  # the manifest keeps the references
-        for seed in seeds:
-            folder = out / "base_samples" / f"k{k}_s{seed}"
-            if not (folder / MANIFEST_FILE).is_file():
-                def generate(req, seed):  # the prompt alone: the base has no reference branch
-                    return sampler.generate(req.prompt, [], seed, ev["steps"], None, None, False,
-                                            ev.get("cfg_scale", 1.0))
-                write_outputs(generate, reqs, [seed], folder, "base", sampler.info,
-                              {"steps": ev["steps"], "cfg_scale": ev.get("cfg_scale", 1.0), "references": "none"},
-                              overwrite=True)
-            values, _ = image_metrics(folder, metrics_cfg, ["CLIP-I", "CLIP-T", "DINO"], folder / "eval")
-            row = {"method": "base", "n": k, "seed": seed, **{col: values.get(col[len("metrics."):], math.nan)
-                                                                for col in METRICS.values()}}
-            rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def dag_values(results: Path) -> pd.DataFrame:
@@ -133,33 +100,44 @@ def predictions(table: pd.DataFrame) -> pd.DataFrame:
     t = table.set_index(["method", "n"])
     rows = []
     for n in sorted(table["n"].unique()):
-        for label, a, b, metric in PREDICTIONS:
+        for label, a, b, metric, sign in PREDICTIONS:
             if (a, n) not in t.index or (b, n) not in t.index:
                 continue
             diff = t.loc[(a, n), metric] - t.loc[(b, n), metric]
             se = math.hypot(t.loc[(a, n), f"{metric} se"], t.loc[(b, n), f"{metric} se"])
-            rows.append({"n": n, "difference": label, "metric": metric, "value": diff, "se": se,
-                         "verdict": verdict(diff, se)})
+            rows.append({"n": n, "prediction": label, "metric": metric, "value": diff, "se": se,
+                         "verdict": verdict(sign * diff, se)})
+    ks = sorted(table["n"].unique())
+    if len(ks) > 1:  # MOSAIC degrades least from the fewest to the most subjects, against each controlled baseline
+        lo, hi = ks[0], ks[-1]
+        for b in BASELINES:
+            if all(k in t.index for k in [("mosaic", lo), ("mosaic", hi), (b, lo), (b, hi)]):
+                drop = lambda m: t.loc[(m, hi), "Own-Ref"] - t.loc[(m, lo), "Own-Ref"]  # noqa: E731
+                se = math.sqrt(sum(t.loc[(m, k), "Own-Ref se"] ** 2 for m in ("mosaic", b) for k in (lo, hi)))
+                diff = drop("mosaic") - drop(b)
+                rows.append({"n": f"{lo}->{hi}", "prediction": f"MOSAIC degrades least: mosaic - {b}",
+                             "metric": "Own-Ref drop", "value": diff, "se": se, "verdict": verdict(diff, se)})
     return pd.DataFrame(rows)
 
 
 def acceptance(table: pd.DataFrame) -> list[str]:
-    """The issue's two bars on DINO: MOSAIC closes half the floor-to-ceiling gap at K = 2; every method's
-    seed-to-seed SE is at most a fifth of that gap."""
+    """The issue's bars on Own-Ref: the no-loss LoRA closes half the gap from the base without references to
+    the ceiling at K = 2; every method's seed-to-seed SE is at most a fifth of the floor-to-ceiling gap."""
     t = table.set_index(["method", "n"])
     lines = []
     for n in sorted(table["n"].unique()):
-        if ("ceiling", n) not in t.index or ("floor", n) not in t.index:
+        if not all((m, n) in t.index for m in ("ceiling", "floor", "base")):
             continue
-        top, bottom = t.loc[("ceiling", n), "DINO"], t.loc[("floor", n), "DINO"]
-        gap = top - bottom
-        if ("mosaic", n) in t.index:
-            closed = (t.loc[("mosaic", n), "DINO"] - bottom) / gap
-            lines.append(f"K={n}: floor {bottom:.1f}, ceiling {top:.1f}; MOSAIC closes {100 * closed:.0f}% of the "
-                         f"DINO gap (bar: 50% at K=2)")
-        worst = table[table.n == n].sort_values("DINO se").iloc[-1]
-        lines.append(f"K={n}: largest seed-to-seed SE of DINO {worst['DINO se']:.2f} ({worst['method']}) = "
-                     f"{100 * worst['DINO se'] / gap:.0f}% of the gap (bar: 20%)")
+        top, base, bottom = (t.loc[(m, n), "Own-Ref"] for m in ("ceiling", "base", "floor"))
+        if ("none", n) in t.index:
+            closed = (t.loc[("none", n), "Own-Ref"] - base) / (top - base)
+            lines.append(f"K={n}: Own-Ref floor {bottom:.1f}, base {base:.1f}, ceiling {top:.1f}; the no-loss LoRA "
+                         f"closes {100 * closed:.0f}% of the base-to-ceiling gap (bar: 50% at K=2)")
+        trained = table[(table.n == n) & table["method"].isin(METHODS[3:])]
+        if len(trained):
+            worst = trained.sort_values("Own-Ref se").iloc[-1]
+            lines.append(f"K={n}: largest seed-to-seed SE of Own-Ref {worst['Own-Ref se']:.2f} ({worst['method']}) "
+                         f"= {100 * worst['Own-Ref se'] / (top - bottom):.0f}% of the floor-to-ceiling gap (bar: 20%)")
     return lines
 
 
@@ -167,21 +145,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--k", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 5, 6])
     p.add_argument("--cores", default="all")
     a = p.parse_args()
     out = a.out.resolve()
     results = out / "results"
     cfg = study_config(a.seeds, a.k, results)
     run_workflow(cfg, out, a.cores)
-    values = pd.concat([dag_values(results), base_values(cfg, results, a.seeds, a.k, out)], ignore_index=True)
-    table = summary(values)
-    order = {m: i for i, m in enumerate(["ceiling", "base", *METHODS[2:], "floor"])}
+    table = summary(dag_values(results))
+    order = {m: i for i, m in enumerate(["ceiling", "base", *METHODS[3:], "floor"])}
     table = table.sort_values(["n", "method"], key=lambda s: s.map(order) if s.name == "method" else s)
     pred = predictions(table)
     pd.set_option("display.width", 200)
     for n, g in table.groupby("n"):
-        print(f"\n== held-out test scenes, K = {n} (mean +- SE over seeds; tiny-world evaluators)")
+        print(f"\n== held-out test scenes, K = {n} (mean +- SE over seeds; per-subject scores and tiny-world evaluators)")
         print("\n".join(f"{r.method:12s} " + "  ".join(f"{m} {getattr(r, m.replace(' ', '_'), math.nan):6.2f} +- "
                                                         f"{r[f'{m} se']:.2f}" for m in METRICS)
                         for _, r in g.assign(**{m.replace(' ', '_'): g[m] for m in METRICS}).iterrows()))

@@ -35,27 +35,28 @@ def test_ablation_rows_match_the_mlflow_runs(run):
     work, _ = run
     table = pd.read_csv(work / "results" / "ablation.csv")  # the readable table
     tidy = pd.read_csv(work / "results" / "tables" / "ablation_tidy.csv", dtype={"seed": "string"})
-    assert list(table["method"]) == ["ceiling", "none", "mosaic", "floor"]  # the bounds frame the variants
-    assert not [c for c in table.columns if c.endswith((" mean", " std", " cells", " protocol", "_run_ids"))]
+    assert list(table["method"]) == ["ceiling", "base", "none", "mosaic", "floor"]  # the bounds frame the variants
+    assert not [c for c in table.columns if c.endswith((" mean", " std", " se", " cells", " protocol", "_run_ids"))]
     assert {"leakage at chance (%)", "subject leakage at chance (%)", "notes", "label"} <= set(table.columns)
     uri = store_uri(work / "results" / "mlflow")
     evals = tables.load_runs(uri, "ablation").set_index("run_id")
     trains = tables.load_runs(uri, "ablation", kind="train").set_index("run_id")
-    assert len(evals) == 6 and len(trains) == 4  # 2 variants x 2 seeds + the 2 bounds, one held-out set
+    assert len(evals) == 7 and len(trains) == 4  # 2 variants x 2 seeds + the 3 bounds, one held-out set
     # the tidy table: one row per evaluation run x metric, each value the run's own
     assert set(tidy["eval_run_id"]) == set(evals.index) and not tidy.duplicated(["eval_run_id", "metric"]).any()
-    assert tidy.groupby("eval_run_id").size().eq(8).all()  # 3 image + 5 mechanism metrics (with the chances)
+    assert tidy.groupby("eval_run_id").size().eq(11).all()  # 6 image + 5 mechanism metrics (with the chances)
     for r in tidy.itertuples():
         assert r.value == pytest.approx(evals.loc[r.eval_run_id, f"metrics.{r.key}"], nan_ok=True), r
         assert r.method == evals.loc[r.eval_run_id, "tags.method"]
-    bounds = tidy[tidy["method"].isin(["ceiling", "floor"])]
-    assert bounds["train_run_id"].isna().all() and (table.set_index("method").loc[["ceiling", "floor"], "runs"] == 1).all()
-    clip_t = tidy[tidy["metric"] == "CLIP-T (tiny-world)"].set_index("method")["value"]
-    # the ceiling is the real targets, the floor their backgrounds: CLIP-T tells a scene from its empty background
-    assert clip_t["ceiling"] > clip_t["floor"]
+    bounds = tidy[tidy["method"].isin(["ceiling", "base", "floor"])]
+    assert bounds["train_run_id"].isna().all()
+    assert (table.set_index("method").loc[["ceiling", "base", "floor"], "runs"] == 1).all()
+    # the per-subject scores: the real targets carry their own references' colours, the empty backgrounds none
+    own = tidy[tidy["metric"].str.startswith("Own-Ref")].set_index("method")["value"]
+    assert own["ceiling"] > 80 and own["floor"] == 0
     md = (work / "results" / "tables" / "ablation.md").read_text()
     tex = (work / "results" / "tables" / "ablation.tex").read_text()
-    for _, row in table[~table["method"].isin(["ceiling", "floor"])].iterrows():
+    for _, row in table[~table["method"].isin(["ceiling", "base", "floor"])].iterrows():
         mine = tidy[tidy["method"] == row["method"]]
         runs = evals.loc[mine["eval_run_id"].unique()]
         assert (runs["tags.method"] == row["method"]).all() and sorted(runs["tags.seed"]) == ["0", "1"]

@@ -9,6 +9,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / "workflow" / "config" / "tiny.yaml").read_text())
+METRICS = ["CLIP-I", "CLIP-T", "DINO", "Own-Ref", "Other-Ref", "Shape-Acc"]  # the micro DAG's held-out metrics
 
 
 def micro_config() -> dict:
@@ -19,11 +20,12 @@ def micro_config() -> dict:
                      preview={"n": 2})
     c["training"]["base"] = {"train.steps": 8, "train.drop_text": 0.1}
     c["training"]["lora"].update({"train.steps": 6, "eval.max_samples": 2, "eval.timesteps": [0.5]})
-    c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic", "ceiling", "floor")}
-    c["evalsets"] = {"heldout": {"k": [2], "seeds": [0], "steps": 2, "metrics": ["CLIP-I", "CLIP-T", "DINO"]}}
-    c["metrics"] = {"evaluators": {"clip_steps": 4, "dino_steps": 2, "n_train": 12, "seed": 0}, "config": {}}
-    c["studies"] = {"ablation": {"methods": ["ceiling", "none", "mosaic", "floor"], "ktrain": [2], "seeds": [0, 1],
-                                 "evalsets": ["heldout-k2"]}}
+    c["methods"] = {k: c["methods"][k] for k in ("none", "mosaic", "ceiling", "base", "floor")}
+    c["evalsets"] = {"heldout": {"k": [2], "seeds": [0], "steps": 2, "metrics": METRICS}}
+    c["metrics"] = {"evaluators": {"clip_steps": 4, "dino_steps": 2, "shape_steps": 4, "n_train": 12, "seed": 0},
+                    "config": {}}
+    c["studies"] = {"ablation": {"methods": ["ceiling", "base", "none", "mosaic", "floor"], "ktrain": [2],
+                                 "seeds": [0, 1], "evalsets": ["heldout-k2"]}}
     return c
 
 

@@ -52,7 +52,7 @@ def metrics_config(out: Path | None = None, places: bool = False) -> dict[str, A
 
 def train_evaluators(out: str | os.PathLike, clip_steps: int = 1200, dino_steps: int = 400, seed: int = 0,
                      n_train: int = 1500, cfg: SyntheticConfig | None = None, max_seconds: float | None = None,
-                     overwrite: bool = False, log=print) -> Path:
+                     overwrite: bool = False, log=print, shape_steps: int = 600) -> Path:
     """Train both evaluators on train-split identities, check them on test identities, and
     write them with their config and check results into `out` (atomically). Step counts make
     a run reproducible; `max_seconds` optionally caps each trainer's wall time."""
@@ -73,7 +73,7 @@ def train_evaluators(out: str | os.PathLike, clip_steps: int = 1200, dino_steps:
         places = cfg is not None and cfg.layout == "places"
         shape = {}
         if places:
-            clf, shape = train_shape_classifier(cfg, n_train, seed=seed, log=log)
+            clf, shape = train_shape_classifier(cfg, n_train, shape_steps, seed=seed, log=log)
             save_shape_classifier(clf, tmp / "shape")
         cfg_tmp = metrics_config(tmp)
         result = check_evaluators(ClipModel("clip_i", cfg_tmp["clip_i"]["model"]), DinoModel("dino", cfg_tmp["dino"]),

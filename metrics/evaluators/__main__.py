@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--clip-steps", type=int, default=1200)
     p.add_argument("--dino-steps", type=int, default=400)
+    p.add_argument("--shape-steps", type=int, default=600, help="the places world's shape classifier")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=1500, help="train-split samples rendered for training")
     p.add_argument("--world", default="blobs", help="the synthetic world (mosaic.data.synthetic.WORLDS)")
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = world_config(a.world, target_size=a.target_size, ref_size=a.ref_size)
     train_evaluators(a.out, a.clip_steps, a.dino_steps, a.seed, a.n_train, cfg=cfg, max_seconds=a.max_seconds,
-                     overwrite=a.overwrite)
+                     overwrite=a.overwrite, shape_steps=a.shape_steps)
     return 0
 
 

@@ -47,7 +47,7 @@ MECHANISM = {"metrics.mech/alignment_acc": "alignment acc (%)", "metrics.mech/le
              "metrics.mech/leakage_chance": CHANCE, "metrics.mech/subject_leakage": "subject leakage (%)",
              "metrics.mech/subject_leakage_chance": SUBJECT_CHANCE}
 ORDER = ["CLIP-I", "CLIP-T", "DINO", "UnifiedReward", "HPSv2.1", "HPSv3", "DPG", "ID-Sim", "IP-Sim", "AES",
-         "AVG"]  # the papers' column order
+         "AVG", "Own-Ref", "Other-Ref", "Shape-Acc"]  # the papers' column order, then the places world's per-subject scores
 PAPER_BENCHMARKS = {"dreambench": "DreamBench", "xversebench": "XVerseBench"}
 # The protocol each of the paper's cells was computed under, per paper table and metric: the one place this is
 # recorded (names as in metrics.registry.Metric.protocols). The paper names no CLIP/DINO code: its DreamBench

@@ -19,9 +19,11 @@ if TINY_EVALUATORS:
             e=config["metrics"]["evaluators"],
             d=config["data"],
             world=config["data"].get("world", "blobs"),
+            shape=config["metrics"]["evaluators"].get("shape_steps", 600),
         shell:
             "OMP_NUM_THREADS={threads} python -m metrics.evaluators {output} --clip-steps {params.e[clip_steps]}"
-            " --dino-steps {params.e[dino_steps]} --n-train {params.e[n_train]} --seed {params.e[seed]}"
+            " --dino-steps {params.e[dino_steps]} --shape-steps {params.shape} --n-train {params.e[n_train]}"
+            " --seed {params.e[seed]}"
             " --world {params.world} --target-size {params.d[target_size]} --ref-size {params.d[ref_size]} > {log} 2>&1"
 
 
