@@ -123,17 +123,26 @@ def test_the_metric_loaders_refuse_shipped_evaluators_whose_bytes_changed(tmp_pa
     from metrics.evaluators import train_evaluators
     from mosaic.artefacts import ship
 
-    train_evaluators(tmp_path / "trained", clip_steps=2, dino_steps=1, n_train=12, log=lambda *a: None)
+    from metrics.evaluators.shape_training import load_shape_classifier
+    from mosaic.data.synthetic import world_config
+
+    train_evaluators(tmp_path / "trained", clip_steps=2, dino_steps=1, n_train=12, log=lambda *a: None,
+                     cfg=world_config("places", target_size=72, ref_size=24), shape_steps=2)
     out = tmp_path / "artefacts"
     ship({"evaluators": tmp_path / "trained"}, out, "snakemake ship", {})
     cfg = load_metrics(out / "evaluators" / "metrics_config.json", None)  # relative paths: the shipped copy
     assert cfg["dino"]["model"] == f"local-dir:{(out / 'evaluators' / 'dino').resolve()}"
     ClipModel("clip_i", cfg["clip_i"]["model"])
     DinoModel("dino", cfg["dino"])
-    for name in ("clip", "dino"):
+    shape = cfg["subjects"]["model"].removeprefix("local-dir:")
+    assert shape == str((out / "evaluators" / "shape").resolve())
+    load_shape_classifier(shape)
+    for name in ("clip", "dino", "shape"):
         weights = next((out / "evaluators" / name).glob("*.safetensors"))
         weights.write_bytes(weights.read_bytes() + b"\0")
     with pytest.raises(ArtefactError, match="sha256 [0-9a-f]{64} disagrees"):
         ClipModel("clip_i", cfg["clip_i"]["model"])
     with pytest.raises(ArtefactError, match="sha256 [0-9a-f]{64} disagrees"):
         DinoModel("dino", cfg["dino"])
+    with pytest.raises(ArtefactError, match="sha256 [0-9a-f]{64} disagrees"):
+        load_shape_classifier(shape)

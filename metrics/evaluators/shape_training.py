@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mosaic.artefacts import check_artefact
 from mosaic.data.synthetic import SyntheticConfig, generate_sample, sample_k
 
 EMPTY = "none"
@@ -115,8 +116,10 @@ def save_shape_classifier(clf: ShapeClassifier, folder: str | os.PathLike) -> Pa
 
 
 def load_shape_classifier(folder: str | os.PathLike) -> ShapeClassifier:
-    """The classifier saved in `folder`; FileNotFoundError naming the missing file."""
+    """The classifier saved in `folder` (verified against its shipped provenance, if any); FileNotFoundError
+    naming a missing file."""
     folder = Path(folder)
+    check_artefact(folder)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: the shape classifier's {name} is missing")
