@@ -38,11 +38,16 @@ def test_generate_and_preview(tmp_path, capsys):
     meta = read_metadata(ds)
     assert (meta["num_samples"], meta["seed"], meta["split"], meta["k_range"]) == (3, 5, "test", [2, 3])
     assert (meta["config"]["target_size"], meta["config"]["ref_size"]) == (64, 32)
-    assert meta["config"]["distinct_colours"] is True and meta["generator_version"] == 2
+    assert meta["config"]["distinct_colours"] is True and meta["generator_version"] == 3
     assert "wrote 3 test samples" in capsys.readouterr().out
     shared = tmp_path / "shared"
     assert main(["data", "generate", "--out", str(shared), "--n", "1", "--shared-colours"]) == 0
     assert read_metadata(shared)["config"]["distinct_colours"] is False
+    places = tmp_path / "places"
+    assert main(["data", "generate", "--out", str(places), "--n", "2", "--world", "places", "--target-size", "72",
+                 "--ref-size", "24", "--k-max", "6", "--k-min", "6"]) == 0
+    cfg = read_metadata(places)["config"]
+    assert (cfg["layout"], cfg["phrase"], cfg["all_distinct"], cfg["grid"]) == ("places", "kind", True, [3, 2])
 
     # An existing dataset is not replaced without --overwrite: clear error, non-zero exit.
     assert main(["data", "generate", "--out", str(ds), "--n", "1"]) != 0

@@ -206,7 +206,8 @@ def test_presets_and_beta_schedule():
 def test_params_and_bad_values():
     params = LossConfig.preset("upstream-code").to_params()
     assert params == {"alpha": 0.1, "beta": 1.0, "beta_warmup": "10000-11000", "normalize_over": "target",
-                      "mdl_rows": "all", "divergence": "jsd", "blocks": "all", "eps": 1e-8}
+                      "mdl_rows": "all", "divergence": "jsd", "blocks": "all", "eps": 1e-8,
+                      "calibrate": "none", "calibrate_batches": 8}
     assert LossConfig.from_dict({"preset": "paper", "blocks": [0, 3]}).to_params()["blocks"] == "0,3"
     assert LossConfig.from_dict({"beta_warmup": [5, 10]}).beta_warmup == (5, 10)
     with pytest.raises(ValueError, match="loss.normalize_over"):
