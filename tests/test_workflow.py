@@ -58,10 +58,13 @@ def test_tiny_dry_run_builds_every_study():
     assert "train_base" not in stats and "tiny_evaluators" not in stats and "ship" not in stats
     assert f'model.weights={ROOT / TINY["artefacts"] / "base"}' in p.stdout.replace('"', "").replace("'", "")
     assert f"--base {ROOT / TINY['artefacts'] / 'evaluators'}/metrics_config.json" in p.stdout
-    assert stats["sample"] + stats["sample_bound"] == stats["evaluate"] > 0  # the bounds are scored too
+    bound_jobs = stats["sample_bound"] + stats["sample_base_bound"]
+    assert stats["sample"] + bound_jobs == stats["evaluate"] > 0  # the bounds are scored too
     bounds = {(m, e) for s in TINY["studies"].values() for m in s.get("methods", []) if TINY["methods"][m].get("bound")
               for e in s["evalsets"]}
-    assert stats["sample_bound"] == len(bounds) > 0  # once per (bound, evaluation set), whichever studies share it
+    assert bound_jobs == len(bounds) > 0  # once per (bound, evaluation set), whichever studies share it
+    assert stats["sample_base_bound"] == len({e for m, e in bounds if TINY["methods"][m]["bound"] == "base"}) > 0
+    assert f"--run {ROOT / TINY['artefacts']} --no-references" in p.stdout  # the shipped base, prompt alone
     assert {f"tables_{s}" for s in TINY["studies"]} <= set(stats)
     assert stats["gallery"] == 1  # the comparison gallery of every study (default target)
     # one (study, training) log job each: the studies' grids, trainings counted once per study

@@ -50,7 +50,6 @@ BASE = HAS_BASE and SHIPPED is None  # train it in this DAG
 HAS_TINY_EVALUATORS = config["metrics"]["evaluators"] is not None
 TINY_EVALUATORS = HAS_TINY_EVALUATORS and SHIPPED is None  # train them in this DAG
 BASE_WEIGHTS = (f"{SHIPPED}/base" if SHIPPED else f"{R}/runs/base/transformer") if HAS_BASE else None
-BASE_RUN = (SHIPPED if SHIPPED else f"{R}/runs/base") if HAS_BASE else None  # mosaic sample --run: the base alone
 EVALUATORS = (f"{SHIPPED}/evaluators" if SHIPPED else f"{R}/evaluators") if HAS_TINY_EVALUATORS else None
 if SHIPPED and not os.path.isfile(f"{SHIPPED}/provenance.json"):
     raise ValueError(f"config artefacts: {SHIPPED}/provenance.json not found; make the shipped base and evaluators "

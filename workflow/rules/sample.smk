@@ -79,7 +79,7 @@ if BASE_BOUNDS:
         wildcard_constraints:
             bound="|".join(BASE_BOUNDS),
         params:
-            run=BASE_RUN,
+            run=lambda wc, input: os.path.dirname(input.base[0]),  # the shipped artefacts or the DAG's base run
             source=lambda wc: sample_source(wc.evalset),
             seeds=lambda wc: " ".join(map(str, EVALSETS[wc.evalset]["seeds"])),
             steps=lambda wc: EVALSETS[wc.evalset]["steps"],
