@@ -57,10 +57,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--world", help="the world (default: the artefacts' recorded data.world, else places)")
     a = p.parse_args()
     prov = json.loads((a.artefacts / "provenance.json").read_text())
     data = prov["config"]["data"]
-    cfg = world_config(data.get("world", "blobs"), target_size=data["target_size"], ref_size=data["ref_size"])
+    world = a.world or data.get("world", "places")  # artefacts shipped before data.world was recorded: places
+    cfg = world_config(world, target_size=data["target_size"], ref_size=data["ref_size"])
     clf = load_shape_classifier(a.artefacts / "evaluators" / "shape")
     rows, sheet = [], []
     for k in a.k:

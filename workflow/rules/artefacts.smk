@@ -17,7 +17,7 @@ if config.get("artefacts") and config.get("retrain") and HAS_BASE and HAS_TINY_E
         conda:
             ENV
         params:
-            record=json.dumps({"data": {k: config["data"][k] for k in ("seed", "target_size", "ref_size", "base")
+            record=json.dumps({"data": {k: config["data"][k] for k in ("world", "seed", "target_size", "ref_size", "base")
                                         if k in config["data"]},
                                "base_split": base_split(), "training_base": config["training"]["base"],
                                "training_common": config["training"]["common"],
