@@ -12,6 +12,8 @@ leakage (the share of the on-subject mass that lands on the wrong subjects; chan
 and the own share (chance: the subject's share of the target tokens).
 
     python bench/mechanism_check.py --out runs/mechanism [--base artefacts/tiny/base] [--seeds 3] [--k 4]
+
+(a blobs-world bench: its base is the one shipped at 5f106b8, `git archive 5f106b8 artefacts/tiny | tar -x`)
         [--steps 300] [--set KEY=VALUE ...]
 
 A second --out can reuse the first one's data and base (link `base` and the `data-*` folders into

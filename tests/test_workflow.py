@@ -54,7 +54,7 @@ def test_tiny_dry_run_builds_every_study():
     p = snakemake("-n", "--cores", "2", "--workflow-profile", "none", "-p")
     stats = job_stats(p.stdout)
     assert stats["train"] == expected_trainings(TINY)
-    # the shipped base and evaluators (artefacts/tiny) are used, not trained
+    # the shipped base and evaluators (artefacts/tiny-places) are used, not trained
     assert "train_base" not in stats and "tiny_evaluators" not in stats and "ship" not in stats
     assert f'model.weights={ROOT / TINY["artefacts"] / "base"}' in p.stdout.replace('"', "").replace("'", "")
     assert f"--base {ROOT / TINY['artefacts'] / 'evaluators'}/metrics_config.json" in p.stdout
