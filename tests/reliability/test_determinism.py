@@ -10,7 +10,9 @@ from tests.workflow_helpers import assert_same_ablation_tables, micro_config, sn
 from workflow.lib import tables
 
 pytestmark = pytest.mark.slow
-METRICS = ("CLIP-I (tiny-world)", "CLIP-T (tiny-world)", "DINO (tiny-world)", "alignment acc (%)", "leakage (%)")
+METRICS = ("CLIP-I (tiny-world)", "CLIP-T (tiny-world)", "DINO (tiny-world)", "Own-Ref (places)", "Other-Ref (places)",
+           "Shape-Acc (places)", "alignment acc (%)", "leakage (%)")
+IMAGE = ("(tiny-world)", "(places)")  # image metrics: every run has them, the bounds included
 
 
 def test_same_seeds_and_config_give_identical_ablation_values(micro_run, tmp_path):
@@ -20,7 +22,7 @@ def test_same_seeds_and_config_give_identical_ablation_values(micro_run, tmp_pat
     assert_same_ablation_tables(first / "results", tmp_path / "results")  # run ids aside; no timing column
 
 
-BOUNDS = ("ceiling", "floor")
+BOUNDS = ("ceiling", "base", "floor")  # no training seed: the real targets, the base alone, the backgrounds
 
 
 def test_different_seeds_give_different_values(micro_run):
@@ -39,7 +41,7 @@ def test_every_run_is_logged_with_its_values_and_provenance(micro_run):
     uri = store_uri(work / "results" / "mlflow")
     evals = tables.load_runs(uri, "ablation")
     trains = tables.load_runs(uri, "ablation", kind="train")
-    assert len(evals) == 6 and len(trains) == 4  # 2 variants x 2 seeds + 2 bounds, logged by parallel jobs
+    assert len(evals) == 7 and len(trains) == 4  # 2 variants x 2 seeds + 3 bounds, logged by parallel jobs
     assert evals["tags.git_sha"].str.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown").all()
     evals = evals[~evals["tags.method"].isin(BOUNDS)]
     for runs in (evals, trains):
@@ -54,5 +56,5 @@ def test_every_run_is_logged_with_its_values_and_provenance(micro_run):
     tidy = pd.read_csv(work / "results" / "tables" / "ablation_tidy.csv")
     trained = tidy[~tidy["method"].isin(BOUNDS)]
     for metric in METRICS:  # the bounds have image metrics only: no model, so no attention
-        rows = (tidy if "tiny-world" in metric else trained).query("metric == @metric")
-        assert len(rows) == (6 if "tiny-world" in metric else 4) and rows["value"].notna().all(), metric
+        rows = (tidy if metric.endswith(IMAGE) else trained).query("metric == @metric")
+        assert len(rows) == (7 if metric.endswith(IMAGE) else 4) and rows["value"].notna().all(), metric
