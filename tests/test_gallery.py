@@ -317,10 +317,10 @@ def test_the_micro_dags_gallery_in_a_browser(micro_run):
     out = work / "results" / "gallery" / "index.html"
     runs = gallery.tables.load_runs(ms.store_uri(work / "results" / "mlflow"), "ablation")
     expected = sorted((m, "" if pd.isna(s) else str(s)) for m, s in zip(runs["tags.method"], runs["tags.seed"]))
-    assert len(expected) == 6  # ceiling, floor, and none and mosaic x two seeds
+    assert len(expected) == 7  # ceiling, base, floor, and none and mosaic x two seeds
     cards = check_in_browser(out, _shot("gallery.png"))
     assert len(cards) == 2  # the micro test split's prompts
     for row in cards:
         assert sorted(map(tuple, row)) == expected
     log = json.loads((work / "results" / "logs" / "gallery.log").read_text())  # the job's summary
-    assert log == {"heldout-k2": {"prompts": 2, "images": 12, "missing": 0, "ground_truth": 2}}
+    assert log == {"heldout-k2": {"prompts": 2, "images": 14, "missing": 0, "ground_truth": 2}}
