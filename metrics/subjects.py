@@ -22,14 +22,12 @@ comparable within the places world only.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from mosaic.data.synthetic import BACKGROUNDS, COLOURS
 
 from .manifest import Item
-from .registry import Metric, MetricUnavailable, Row, register
+from .registry import Metric, MetricUnavailable, Row, load_refs, register
 
 PALETTE = np.array(list(COLOURS.values()), np.float64)  # [P, 3] subject colours
 _ALL = np.concatenate([PALETTE, np.array(list(BACKGROUNDS.values()), np.float64)])
@@ -90,17 +88,10 @@ class _PlaceMetric(Metric):
                 rows += [Row(i, j, float("nan"), "no prompted place (manifest references[].box)")
                          for j in range(len(boxes))]
                 continue
-            refs = self.ctx.cached("subjects|references", [str(r.image) for r in it.references],
-                                   lambda keys: [_load(k) for k in keys])
+            refs = self.ctx.cached("subjects|references", [str(r.image) for r in it.references], load_refs)
             for j, (own, other, why) in enumerate(place_scores(img, boxes, refs, self.max_distance)):
                 rows.append(Row(i, j, own if self.which == "own" else other, why))
         return rows
-
-
-def _load(path: str) -> np.ndarray:
-    from mosaic.data.sample import load_image
-
-    return load_image(Path(path))
 
 
 @register
