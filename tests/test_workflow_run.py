@@ -119,4 +119,4 @@ def test_deleted_store_is_rebuilt(run):
     ids = subprocess.run([sys.executable, "-c", f"from workflow.lib.tables import load_runs; "
                           f"print(' '.join(load_runs({uri!r}, 'ablation')['run_id']))"],
                          capture_output=True, text=True, check=True).stdout.split()
-    assert len(ids) == 6 and set(tidy["eval_run_id"]) == set(ids)
+    assert len(ids) == 7 and set(tidy["eval_run_id"]) == set(ids)
