@@ -17,6 +17,28 @@ def test_hashed_encoder_shapes_determinism_and_order():
     assert text[2].abs().sum() == 0 and pooled[2].abs().sum() == 0  # empty prompt (text dropout) -> zeros
 
 
+def test_phrase_context_binds_each_word_to_its_phrase():
+    """With context="phrase" a kind word's feature depends on its own phrase's place and on no other phrase's."""
+    from mosaic.model.text import HashedWordEncoder
+
+    enc = HashedWordEncoder(16, 32, 8, context="phrase")
+    assert enc.phrases("a cross at the top left, a disk at the top right and a square") == [0] * 6 + [1] * 6 + [2] * 3
+    a, _ = enc.encode(["a cross at the top left and a disk at the top right"])
+    b, _ = enc.encode(["a cross at the bottom left and a disk at the top right"])
+    c, _ = enc.encode(["a cross at the top left and a disk at the bottom right"])
+    assert not torch.allclose(a[0, 1], b[0, 1])  # "cross" (word 1) knows its own place ...
+    assert torch.allclose(a[0, 1], c[0, 1])  # ... and nothing of the other phrase's
+    bare, _ = HashedWordEncoder(16, 32, 8).encode(["a cross at the top left and a disk at the top right",
+                                                     "a cross at the bottom left and a disk at the top right"])
+    assert torch.allclose(bare[0, 1], bare[1, 1])  # without context, "cross" is the same vector in both
+    code = (a - bare[:1])[0]  # what the context adds: one code per phrase, on each of its words
+    assert torch.allclose(code[0], code[5]) and not torch.allclose(code[0], code[6])
+    assert code[:13].norm(dim=-1).min() > 0.3 * bare[0, :13].norm(dim=-1).mean()  # not negligible
+    assert code[13:].abs().sum() == 0  # padding stays zero
+    with pytest.raises(ValueError, match="context"):
+        HashedWordEncoder(16, 32, 8, context="window")
+
+
 def test_hashed_encoder_truncates():
     enc = build_text_encoder("debug")
     text, _ = enc.encode([" ".join(f"w{i}" for i in range(50))])

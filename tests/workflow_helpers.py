@@ -29,6 +29,18 @@ def micro_config() -> dict:
     return c
 
 
+def micro_run_counts(cfg: dict | None = None) -> tuple[int, int]:
+    """(evaluation runs, trainings) the ablation study of `cfg` (default: the micro config) logs: one training
+    per trained method x ktrain x seed, evaluated on each of the study's sets, and one evaluation per untrained
+    method (a bound or an official release, as common.smk's `untrained`) and set. Derived here once, so a new
+    bound or seed changes every test's count."""
+    cfg = cfg or micro_config()
+    study = cfg["studies"]["ablation"]
+    untrained = [m for m in study["methods"] if any(cfg["methods"][m].get(k) for k in ("bound", "official"))]
+    trains = (len(study["methods"]) - len(untrained)) * len(study["ktrain"]) * len(study["seeds"])
+    return (trains + len(untrained)) * len(study["evalsets"]), trains
+
+
 def snakemake_cmd(workdir: Path, config: Path, *args) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
             "--configfile", str(config), "--cores", "2", "--workflow-profile", "none", *args]

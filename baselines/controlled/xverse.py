@@ -23,11 +23,12 @@ import torch
 
 from mosaic.extension import Extension
 from mosaic.model import get_flavour
+from mosaic.model.text import HashedWordEncoder
 from mosaic.model.weights import locate
 
 from .base import ControlledBaseline
 
-WORDS = re.compile(r"[a-z0-9]+")  # the words of mosaic.model.text.HashedWordEncoder (lower-cased prompt)
+WORDS = re.compile(HashedWordEncoder.WORD)  # the hashed encoder's words (of the lower-cased prompt)
 
 
 class TextModAdapter(torch.nn.Module):

@@ -79,7 +79,9 @@ FLAVOURS: Registry[Flavour] = Registry("model flavour", {
                          num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
                          guidance_embeds=True, axes_dims_rope=(8, 12, 12)),
         codec=dict(kind="pixel", downsample=2, patch=2),
-        text=dict(kind="hashed", max_length=48, dim=64, pooled_dim=64),  # K = 6 places prompts: <= 42 words
+        # K = 6 places prompts: <= 42 words; each word also carries its phrase, as T5's contextual embeddings
+        # bind "cross" to "top left" (docs/tiny_base_design.md; a tiny-only switch, docs/fidelity.md)
+        text=dict(kind="hashed", max_length=48, dim=64, pooled_dim=64, context="phrase"),
         max_refs=6,
         prediction="x0",
         notes="the places world (issue 22): 4-px tokens (48 channels), so a 72-px target is 18 x 18 tokens and "

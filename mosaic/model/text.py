@@ -12,6 +12,12 @@ position). The sequence is truncated/zero-padded to `max_length`; pooled is the 
 set of hashed word vectors. An empty prompt (text dropout) encodes to zeros. The tiny base
 transformer learns its `context_embedder` on top of these fixed features.
 
+With `context="phrase"` each word's vector also carries its phrase: the sum of a third set of hashed
+vectors over the words between the prompt's phrase breaks (`and`, commas), over the square root of their
+count (so a word's norm). T5 hands FLUX contextual embeddings, so "cross" in "a cross at the top left
+and a disk at ..." already knows its place; bare word vectors leave that binding to the tiny transformer,
+which (issue 22) draws each place a blend of the prompted kinds instead.
+
 A prompt longer than the encoder's limit is truncated, as FLUX itself truncates T5 at 512 tokens
 (and CLIP at 77): the words past the limit are not seen. Nothing is dropped silently: each
 encoder counts the prompts it truncated in `.truncated`, logs a warning on the first, and
@@ -51,8 +57,12 @@ class _CountsTruncation:
 
 
 class HashedWordEncoder(_CountsTruncation):
-    def __init__(self, max_length: int, dim: int, pooled_dim: int, seed: int = 0):
-        self.max_length, self.dim, self.pooled_dim, self.seed = max_length, dim, pooled_dim, seed
+    CONTEXTS = (None, "phrase")
+
+    def __init__(self, max_length: int, dim: int, pooled_dim: int, seed: int = 0, context: str | None = None):
+        if context not in self.CONTEXTS:
+            raise ValueError(f"hashed text encoder context {context!r}: must be one of {self.CONTEXTS}")
+        self.max_length, self.dim, self.pooled_dim, self.seed, self.context = max_length, dim, pooled_dim, seed, context
         self.truncated = 0
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
         pos = torch.arange(max_length)[:, None].float()
@@ -61,9 +71,22 @@ class HashedWordEncoder(_CountsTruncation):
         self.position_code[:, 0::2] = torch.sin(pos * freq)
         self.position_code[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
 
-    @staticmethod
-    def words(prompt: str) -> list[str]:
-        return re.findall(r"[a-z0-9]+", prompt.lower())
+    WORD = r"[a-z0-9]+"
+
+    @classmethod
+    def words(cls, prompt: str) -> list[str]:
+        return re.findall(cls.WORD, prompt.lower())
+
+    @classmethod
+    def phrases(cls, prompt: str) -> list[int]:
+        """The phrase index of each word of `words(prompt)`: phrases break at commas and the word `and`."""
+        index, out = 0, []
+        for tok in re.findall(cls.WORD + "|,", prompt.lower()):
+            if tok in (",", "and"):
+                index += 1
+            if tok != ",":
+                out.append(index)
+        return out
 
     def _vector(self, word: str, dim: int, salt: int) -> torch.Tensor:
         key = (word, salt)
@@ -85,6 +108,12 @@ class HashedWordEncoder(_CountsTruncation):
             words = self.words(prompt)[: self.max_length]
             for i, w in enumerate(words):
                 text[b, i] = self._vector(w, self.dim, 0) + self.position_code[i]
+            if self.context == "phrase" and words:
+                ids = torch.tensor(self.phrases(prompt)[: len(words)])
+                vecs = torch.stack([self._vector(w, self.dim, 2) for w in words])
+                sums = torch.zeros(int(ids.max()) + 1, self.dim).index_add_(0, ids, vecs)
+                codes = sums / torch.bincount(ids).clamp(min=1).sqrt()[:, None]  # a word's norm
+                text[b, : len(words)] += codes[ids]
             if words:
                 pooled[b] = torch.stack([self._vector(w, self.pooled_dim, 1) for w in words]).mean(0)
         return text, pooled
