@@ -32,7 +32,8 @@ def test_different_seeds_give_different_values(micro_run):
     for method, g in evals.groupby("tags.method"):
         assert sorted(g["tags.seed"]) == ["0", "1"]
         s0, s1 = (g[g["tags.seed"] == s].iloc[0] for s in ("0", "1"))
-        for col in ("metrics.img/CLIP-I", "metrics.img/DINO", "metrics.mech/alignment_acc"):
+        # continuous values only: alignment accuracy counts hits over a few dozen points, so two seeds can tie
+        for col in ("metrics.img/CLIP-I", "metrics.img/DINO", "metrics.mech/leakage"):
             assert s0[col] != s1[col], (method, col)
 
 
