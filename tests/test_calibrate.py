@@ -99,3 +99,25 @@ def test_bad_settings_are_refused(tmp_path, data):
         config(tmp_path, data, "loss.calibrate=loss-ratio")
     with pytest.raises(Exception, match="calibrate_batches"):
         config(tmp_path, data, "loss.calibrate_batches=0")
+
+
+def test_calibration_reads_only_its_batches_inside_a_longer_curriculum_stage(tmp_path, data):
+    """calibrate_batches = 2 with a 3-step first stage: 2 batches measured (the stream once ran the whole stage)."""
+    cfg = config(tmp_path, data, "train.steps=4", f"data.curriculum=[{{train: {data}, steps: 3}}]")
+    train(cfg)
+    assert json.loads((tmp_path / "run" / CALIBRATION_FILE).read_text())["batches"] == 2
+
+
+def test_batch_stream_stops_at_total_inside_a_stage():
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+        def from_step(self, step):
+            while True:
+                yield (self.name, step)
+                step += 1
+
+    stages = [(0, Named("a")), (3, Named("b"))]
+    assert list(batch_stream(stages, 0, 2)) == [("a", 0), ("a", 1)]
+    assert list(batch_stream(stages, 2, 5)) == [("a", 2), ("b", 0), ("b", 1)]

@@ -72,7 +72,7 @@ def data_stages(cfg: Config, codec, max_refs: int, rank: int, world: int) -> lis
 
 def batch_stream(stages: list[tuple[int, Batches]], step: int, total: int):
     """The batches of steps step..total-1; a stage's batch s is its own batch s - start, so resume is exact."""
-    ends = [start for start, _ in stages[1:]] + [total]
+    ends = [min(start, total) for start, _ in stages[1:]] + [total]  # a stream may stop inside a stage
     for (start, batches), end in zip(stages, ends):
         if step < end:
             it = batches.from_step(max(step, start) - start)
