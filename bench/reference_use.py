@@ -44,22 +44,23 @@ def reference_losses(sampler, dataset, n: int, ts, seed: int = 0, batch: int = 8
     model, dev, dt = sampler.model, sampler.device, sampler.dtype
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     sums: dict = {}
-    for t in ts:
-        for j in range(0, len(order), batch):
-            b = collate([dataset[i] for i in order[j:j + batch]])
-            enc = encode_batch(b, b["prompt"], sampler.codec, sampler.text_encoder, dev, dt, with_refs=True)
-            noise = torch.randn(enc.x0.shape, generator=torch.Generator().manual_seed(seed * 100003 + j)).to(enc.x0)
+    for j in range(0, len(order), batch):  # each batch is encoded once and noised once, for every t
+        b = collate([dataset[i] for i in order[j:j + batch]])
+        enc = encode_batch(b, b["prompt"], sampler.codec, sampler.text_encoder, dev, dt, with_refs=True)
+        noise = torch.randn(enc.x0.shape, generator=torch.Generator().manual_seed(seed * 100003 + j)).to(enc.x0)
+        arms = {"own": enc, "other": other_scene(enc) if len(b["prompt"]) > 1 else None,
+                "none": dataclasses.replace(enc, refs=None, ref_mask=None, ref_grid=None)}
+        on = b["token_masks"].any(1).flatten(1).to(enc.x0)  # [B, Nt]: tokens of some subject
+        g = guidance_for(model, len(b["prompt"]), sampler.guidance, dev, dt)
+        for t in ts:
             tt = torch.full((enc.x0.shape[0],), float(t), device=dev, dtype=dt)
-            xt, g = add_noise(enc.x0, noise, tt), guidance_for(model, len(tt), sampler.guidance, dev, dt)
-            arms = {"own": enc, "other": other_scene(enc) if len(tt) > 1 else None,
-                    "none": dataclasses.replace(enc, refs=None, ref_mask=None, ref_grid=None)}
+            xt = add_noise(enc.x0, noise, tt)
             for arm, e in arms.items():
                 if e is None:
                     continue
                 err = ((velocity(model, e, xt, tt, g).float() - (noise - enc.x0).float()) ** 2).mean(-1)  # [B, Nt]
                 sums[(t, arm)] = sums.get((t, arm), 0.0) + err.sum().item() / err.shape[1]
                 if arm == "none":
-                    on = b["token_masks"].any(1).flatten(1).to(err)
                     sums[(t, "subject")] = sums.get((t, "subject"), 0.0) + (err * on).sum().item() / err.shape[1]
     out = {key: v / len(order) for key, v in sums.items() if key[1] != "subject"}
     for t in ts:
