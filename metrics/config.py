@@ -26,7 +26,7 @@ PAPER: dict[str, dict[str, Any]] = {
                "model_root": None, "model_name": "antelopev2", "det_size": 640},
     "ip_sim": {"protocol": "xverse", "detector": None, "segmenter": None, "max_instances": 3},
     "hpsv21": {"protocol": "hpsv2", "model": "ViT-H-14", "checkpoint": None},
-    "hpsv3": {"checkpoint": None},  # scored in workflow/envs/hpsv3.yaml (metrics.hps)
+    "hpsv3": {"checkpoint": None},  # scored in workflow/envs/hpsv3.yaml (metrics.hps_job)
     "dpg": {"protocol": "xverse", "vqa": None, "questions": []},  # questions: XVerseBench_*_DSG.json
     "aes": {"protocol": "xverse", "encoder": None, "head": None},
     "unified_reward": {"model": None},

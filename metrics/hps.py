@@ -8,13 +8,12 @@ checkpoint once, and uses open_clip's tokenizer. Preprocessing is HPSv2's eval t
 prompt embeddings x100 (`hpsv2.score` returns the same number /100).
 
 HPSv3 pins an old transformers, so it runs in `workflow/envs/hpsv3.yaml`:
-`python -m metrics.hps MANIFEST OUT.csv --checkpoint HPSv3.safetensors` writes rows in the
+`python -m metrics.hps_job MANIFEST OUT.csv --checkpoint HPSv3.safetensors` (metrics.hps_job) writes rows in the
 evaluation table's format. In the main environment the metric fails clearly unless the
 `hpsv3` package is importable.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mosaic.runfolder import atomic_file
 from mosaic.safeload import torch_file
 
-from .manifest import Item, read_items
+from .manifest import Item
 from .registry import Metric, MetricUnavailable, Row, cosine100, register, section
 
 
@@ -93,7 +91,7 @@ def _hpsv3(key: str, sec: dict[str, Any]):
     except ImportError:
         raise MetricUnavailable(
             "HPSv3 needs the `hpsv3` package, which pins an old transformers: create the environment "
-            "workflow/envs/hpsv3.yaml and run `python -m metrics.hps MANIFEST OUT.csv --checkpoint PATH` "
+            "workflow/envs/hpsv3.yaml and run `python -m metrics.hps_job MANIFEST OUT.csv --checkpoint PATH` "
             "there") from None
     ckpt = sec.get("checkpoint")
     if not ckpt or not Path(ckpt).expanduser().is_file():
@@ -125,24 +123,3 @@ class HpsV3(Metric):
                                              image_paths=[str(it.image) for it in items])
         return [Row(i, None, float(r[0])) for i, r in enumerate(rewards)]
 
-
-def main(argv: list[str] | None = None) -> int:
-    """HPSv3 in its own environment: score a manifest and write the evaluation table's rows."""
-    from .evaluate import evaluate  # not at the top: evaluate imports this module
-
-    p = argparse.ArgumentParser(prog="python -m metrics.hps", description=main.__doc__)
-    p.add_argument("manifest", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--batch-size", type=int, default=16)
-    a = p.parse_args(argv)
-    cfg = {"hpsv3": {"checkpoint": a.checkpoint, "device": a.device}}
-    table, _, _ = evaluate(read_items(a.manifest), cfg, ["HPSv3"], batch_size=a.batch_size)
-    with atomic_file(a.out) as tmp:
-        table.to_csv(tmp, index=False)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,8 +2,8 @@
 
 `mosaic` (the method) imports nothing of `baselines`, `metrics` or `workflow`; those may import
 `mosaic`. `metrics` imports no model and no trainer. Packages form no cycle, nor do mosaic's own
-parts, and the trainer, the sampler and the mechanism evaluation share `mosaic.flow` without
-importing one another (the trainer may call the evaluator). Every import counts, including those
+parts, nor the modules inside any one package; the trainer, the sampler and the mechanism evaluation
+share `mosaic.flow` without importing one another (the trainer may call the evaluator). Every import counts, including those
 inside functions; the only place that names another package lazily ("module:object") is the
 composition root, mosaic/cli.py.
 """
@@ -49,8 +49,10 @@ def imports(path: Path, name: str, known: set[str]) -> set[str]:
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(up + ([node.module] if node.module else []))
-            out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
+            subs = {f"{base}.{a.name}" for a in node.names} & known  # `from . import fused` imports a module
+            out.update(subs)
+            if len(subs) < len(node.names):  # names defined in `base` itself (its __init__ for a package)
+                out.add(base)
     return {m for m in out if m.split(".")[0] in PACKAGES}
 
 
@@ -113,6 +115,13 @@ def test_no_forbidden_import_and_no_cycle():
     assert violations(edges) == []
     assert cycles(edges, package) == []
     assert cycles({a: t for a, t in edges.items() if a.startswith("mosaic")}, mosaic_part) == []
+    for pkg in PACKAGES:  # nor do the modules inside any one package
+        assert cycles(inside(edges, pkg), str) == [], pkg
+
+
+def inside(edges: dict[str, set[str]], pkg: str) -> dict[str, set[str]]:
+    """The import graph among one package's own modules."""
+    return {a: {t for t in ts if package(t) == pkg} for a, ts in edges.items() if package(a) == pkg}
 
 
 def test_only_the_composition_root_names_other_packages_lazily():
@@ -146,3 +155,5 @@ def test_a_cycle_is_caught():
     assert cycles({a: t for a, t in edges.items() if a.startswith("mosaic")}, mosaic_part)
     edges["mosaic.config"] = edges["mosaic.config"] | {"metrics.evaluate"}  # metrics imports mosaic: a cycle
     assert cycles(edges, package)
+    edges["metrics.clip"] = edges["metrics.clip"] | {"metrics.evaluate"}  # evaluate imports clip: a cycle inside
+    assert cycles(inside(edges, "metrics"), str)

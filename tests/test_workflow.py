@@ -118,7 +118,7 @@ def test_paper_dry_run_builds_the_full_dag_without_weights():
     assert any("UnifiedReward" in n for n in names) and not any("HPSv3" in n for n in names)
     dreambench = sum(1 for m in re.finditer(r"--evalset dreambench-\S+", p.stdout))
     assert stats["evaluate_hpsv3"] > 0 and p.stdout.count(f"--extra-table {PAPER['results']}/evals_env/HPSv3/") == dreambench
-    assert "python -m metrics.hps" in p.stdout
+    assert "python -m metrics.hps_job" in p.stdout
 
 
 def planned_paths(out: str) -> set[str]:

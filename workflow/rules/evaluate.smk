@@ -26,7 +26,7 @@ rule evaluate:
 
 
 # HPSv3 in its own environment (workflow/envs/hpsv3.yaml: the hpsv3 package pins an older transformers):
-# metrics.hps scores the sample folder's manifest into rows of the evaluation table, which the evaluate
+# metrics.hps_job scores the sample folder's manifest into rows of the evaluation table, which the evaluate
 # job above merges (--extra-table) before aggregating.
 rule evaluate_hpsv3:
     input:
@@ -44,5 +44,5 @@ rule evaluate_hpsv3:
     params:
         checkpoint=config["metrics"]["config"].get("hpsv3", {}).get("checkpoint"),
     shell:
-        "python -m metrics.hps {input.samples}/manifest.jsonl {output} --checkpoint {params.checkpoint}"
+        "python -m metrics.hps_job {input.samples}/manifest.jsonl {output} --checkpoint {params.checkpoint}"
         " --device cuda > {log} 2>&1"

@@ -30,7 +30,7 @@ import torch
 def image_metrics(samples: Path, cfg: dict, names: list[str], out: Path,
                   extra: list[Path] = ()) -> tuple[dict, dict]:
     """Run the metrics suite; (metrics, tags) from its aggregate table. `extra`: evaluation-table rows scored
-    in another environment (e.g. HPSv3, metrics.hps), merged into metrics.csv before aggregating."""
+    in another environment (e.g. HPSv3, metrics.hps_job), merged into metrics.csv before aggregating."""
     import pandas as pd
 
     from metrics.evaluate import AGGREGATE, TABLE, aggregate, evaluate_folder
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, help="subjects per test sample (held-out sets)")
     p.add_argument("--benchmarks-root", help="benchmark folder (skipped-entry counts)")
     p.add_argument("--extra-table", action="append", type=Path, default=[],
-                   help="evaluation-table rows scored in another environment (metrics.hps for HPSv3); repeatable")
+                   help="evaluation-table rows scored in another environment (metrics.hps_job for HPSv3); repeatable")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
     started = time.time_ns() // 1_000_000
