@@ -1,4 +1,4 @@
-"""The README's memory table: `mosaic plan` on the paper profile's LoRA training config.
+"""The memory table of docs/paper_profile.md: `mosaic plan` on the paper profile's LoRA training config.
 
 The training config is the one the workflow gives every paper LoRA training (workflow/config/paper.yaml:
 training.common, then training.lora, then the data sizes; the method's loss weights change no memory

@@ -1,7 +1,7 @@
 """The MLflow UI on the micro DAG's store, opened as a researcher opens it (headless Chromium).
 
 `mlflow server` on a free port serves the micro run's sqlite store; the page is driven through the clicks
-the README gives: "Model training" (MLflow 3.17 opens in its GenAI view otherwise; the browser remembers the
+docs/mlflow.md gives: "Model training" (MLflow 3.17 opens in its GenAI view otherwise; the browser remembers the
 choice), then the "ablation" experiment. What a person checks there: the runs table (not the GenAI overview),
 one top-level row per training plus the bounds, each training's evaluation runs nested (expandable) under it,
 and durations that are the jobs' real ones, read from the Duration column. A screenshot of the expanded
@@ -127,7 +127,7 @@ def test_the_runs_table_nests_evaluations_under_trainings_with_real_durations(st
         page = b.new_page(viewport={"width": 1600, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(f"{url}/")
-        page.get_by_text("Model training", exact=True).first.click()  # click 1 of the README's
+        page.get_by_text("Model training", exact=True).first.click()  # click 1 of docs/mlflow.md's
         page.get_by_role("link", name="ablation", exact=True).first.click()  # click 2
         left = page.locator(".ag-pinned-left-cols-container .ag-row[row-id]")
         page.locator(f'.ag-row[row-id="{next(iter(top))}"]').first.wait_for()
@@ -171,7 +171,7 @@ def test_the_runs_table_nests_evaluations_under_trainings_with_real_durations(st
             shots = Path(os.environ["MOSAIC_SCREENSHOTS"])
             shots.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shots / "mlflow_runs.png"))
-        # the README's direct link opens the same view in a browser that never chose it
+        # docs/mlflow.md's direct link opens the same view in a browser that never chose it
         fresh = b.new_page(viewport={"width": 1600, "height": 1000})
         fresh.goto(f"{url}/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
         fresh.locator(f'.ag-row[row-id="{next(iter(top))}"]').first.wait_for(timeout=60_000)
