@@ -61,7 +61,8 @@ for _study in STUDIES:
         input:
             study_markers(_study),
             # the table code itself: a changed table or figure rebuilds the tables (cheap), not the runs
-            code=[f"{SCRIPTS}/tables.py", *(os.path.join(LIB, f) for f in ("tables.py", "figures.py"))],
+            code=[f"{SCRIPTS}/tables.py", *sorted(str(f) for f in Path(LIB, "tables").glob("*.py")),
+                  *(os.path.join(LIB, f) for f in ("paper_columns.py", "figures.py"))],
         output:
             **{k: table_report(_study, k, p) for k, p in TABLE_OUTPUTS[_study].items()},
         log:
