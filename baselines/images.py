@@ -27,9 +27,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from mosaic.data.sample import DataError
-from mosaic.runfolder import MANIFEST_FILE, atomic_write
-from mosaic.sample import benchmark_requests, dataset_requests, manifest_record
+from mosaic.data.records import DataError
+from mosaic.infra.runfolder import MANIFEST_FILE, atomic_write
+from mosaic.inference.sampler import benchmark_requests, dataset_requests, manifest_record
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 NAME = re.compile(r"^(?P<id>.+)_s(?P<seed>\d+)$")

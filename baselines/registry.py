@@ -11,7 +11,7 @@ asked for. Every baseline offers the same call:
 """
 from __future__ import annotations
 
-from mosaic.registry import Registry
+from mosaic.infra.registry import Registry
 
 BASELINES: Registry[type] = Registry("baseline", {
     # controlled re-implementations on the shared backbone (baselines/controlled)

@@ -2,7 +2,7 @@
 
 Why it exists: an official release (or a folder of an external system's images) is sampled
 through its own `generate`, but written in the same output format as a MOSAIC run
-(mosaic.sample.write_outputs), so the metrics suite scores every method the same way.
+(mosaic.inference.sampler.write_outputs), so the metrics suite scores every method the same way.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mosaic.sample import Request, requests_from_args, write_outputs
+from mosaic.inference.sampler import Request, requests_from_args, write_outputs
 
 from .registry import get_baseline
 
@@ -36,7 +36,7 @@ def sample_baseline(name: str, requests: list[Request], seeds: list[int], out: s
 
 
 def run(args: argparse.Namespace) -> int:
-    """The --baseline branch of `mosaic sample` (arguments: mosaic.sample.add_arguments)."""
+    """The --baseline branch of `mosaic sample` (arguments: mosaic.inference.sampler.add_arguments)."""
     kwargs = {}
     for item in args.baseline_arg:
         key, sep, raw = item.partition("=")

@@ -7,7 +7,7 @@
 Each arm trains a text-to-image base (`mosaic train`, train.mode=base) with the given flavour
 prediction ("velocity" or "x0"), transformer sizes (`flavour.num_attention_heads=8`, ...) and trainer
 overrides (`key=value`, e.g. train.lr=3e-4), then samples
-every test prompt without references (mosaic.sample.sample_run: 28 Euler steps, seed 0, each --cfg
+every test prompt without references (mosaic.inference.sampler.sample_run: 28 Euler steps, seed 0, each --cfg
 scale) and prints the
 tiny-world CLIP-T of its samples beside the real targets' (the ceiling), with the training time.
 Contact sheets: <out>/<arm>/sheet_cfg<s>.png. Timings are of this machine, one run.
@@ -26,10 +26,10 @@ from metrics.config import load_config as load_metrics_config
 from metrics.evaluate import evaluate
 from metrics.manifest import Item, read_items
 from mosaic.config import load_config
-from mosaic.data.sample import read_manifest
+from mosaic.data.records import read_manifest
 from mosaic.model.flavours import FLAVOURS
-from mosaic.runfolder import MANIFEST_FILE, atomic_file
-from mosaic.sample import Request, Sampler, dataset_requests, sample_run
+from mosaic.infra.runfolder import MANIFEST_FILE, atomic_file
+from mosaic.inference.sampler import Request, Sampler, dataset_requests, sample_run
 from mosaic.train import train
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="training split (text-to-image targets)")
     p.add_argument("--test", required=True, help="test split whose prompts are sampled")
-    p.add_argument("--evaluators", required=True, help="tiny-world evaluators folder (python -m metrics.evaluators)")
+    p.add_argument("--evaluators", required=True, help="tiny-world evaluators folder (python -m metrics.tiny_evaluators)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--arm", action="append", required=True,
                    help="NAME:prediction=x0,train.lr=3e-4,... (repeatable)")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 def score(images: list[np.ndarray], items, clf) -> dict[str, float]:
     """Shape-Acc, Own-Ref and Other-Ref (means over prompted places, x100) of images against their items."""
     from metrics.subjects import place_scores
-    from mosaic.data.sample import load_image
+    from mosaic.data.records import load_image
 
     shape, own, other = [], [], []
     for img, it in zip(images, items):
@@ -45,9 +45,9 @@ def score(images: list[np.ndarray], items, clf) -> dict[str, float]:
 
 
 def main() -> None:
-    from metrics.evaluators.shape_training import load_shape_classifier
+    from metrics.tiny_evaluators.shape_training import load_shape_classifier
     from mosaic.data.synthetic import generate_dataset, world_config
-    from mosaic.sample import dataset_requests, sample_run
+    from mosaic.inference.sampler import dataset_requests, sample_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)

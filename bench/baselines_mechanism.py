@@ -6,13 +6,13 @@ trained on the same tiny base transformer, data, trainer and step budget, then m
 held-out val splits with exactly K = 2, 4 and 6 subjects per sample:
 
 - alignment accuracy: share of annotated reference points whose argmax target token is within
-  1 token of the truth (mosaic.mechanism, teacher-forced on noised val targets, t = 0.25/0.5/0.75);
+  1 token of the truth (mosaic.inference.mechanism, teacher-forced on noised val targets, t = 0.25/0.5/0.75);
 - leakage: share of each reference's target attention inside the other subjects' masks.
 
 Methods: mosaic (SCAL + MDL, paper preset), omnicontrol, uno, dreamo, xverse (baselines/controlled).
 The base transformer is pre-trained once (text-to-image); every method then trains its LoRA (and
 extension) for --steps on a mixed-K train split (K = 1..6), for each seed. With --evaluators
-(a folder written by `python -m metrics.evaluators`), it also samples --n-images val prompts per K
+(a folder written by `python -m metrics.tiny_evaluators`), it also samples --n-images val prompts per K
 and scores them with the tiny-world CLIP-I / DINO / CLIP-T.
 
     python bench/baselines_mechanism.py --out runs/baselines-mechanism [--seeds 3] [--steps 300]
@@ -31,7 +31,7 @@ import torch
 
 from mosaic.config import load_config
 from mosaic.data.synthetic import generate_dataset
-from mosaic.runfolder import LORA_FILE, atomic_write
+from mosaic.infra.runfolder import LORA_FILE, atomic_write
 from mosaic.train import train
 
 METHODS = ("mosaic", "omnicontrol", "uno", "dreamo", "xverse")
@@ -47,9 +47,9 @@ def method_config(method: str, overrides: list[str]):
 
 
 def mechanism(run: Path, val: Path) -> dict[str, float]:
-    """mosaic.mechanism.evaluate of a finished run on one val split."""
-    from mosaic import mechanism as mech
-    from mosaic.sample import Sampler
+    """mosaic.inference.mechanism.evaluate of a finished run on one val split."""
+    from mosaic.inference import mechanism as mech
+    from mosaic.inference.sampler import Sampler
     from mosaic.data.dataset import load_dataset
 
     s = Sampler.from_run(run, "cpu")
@@ -60,11 +60,11 @@ def mechanism(run: Path, val: Path) -> dict[str, float]:
 
 
 def reference_shares(val: Path) -> dict[str, tuple[float, float, float]]:
-    """(leakage, own share, subject leakage) of two attention-free maps on a val split, with mosaic.mechanism's definitions:
+    """(leakage, own share, subject leakage) of two attention-free maps on a val split, with mosaic.inference.mechanism's definitions:
     a map uniform over the target, and a map uniform over the union of all subjects' masks (it attends to
     "the foreground", to no subject in particular). A method is subject-specific where it beats the second."""
     from mosaic.data.dataset import collate
-    from mosaic.attention_scores import mask_shares, subject_leakage
+    from mosaic.inference.attention_scores import mask_shares, subject_leakage
     from mosaic.model import build_codec
     from mosaic.data.dataset import load_dataset
 
@@ -83,7 +83,7 @@ def reference_shares(val: Path) -> dict[str, tuple[float, float, float]]:
 def image_metrics(run: Path, val: Path, evaluators: Path, n: int, steps: int, out: Path) -> dict[str, float]:
     from metrics.config import load_config as metrics_config
     from metrics.evaluate import AGGREGATE, evaluate_folder
-    from mosaic.sample import dataset_requests, sample_run
+    from mosaic.inference.sampler import dataset_requests, sample_run
 
     import pandas as pd
 
@@ -114,7 +114,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--evaluators", type=Path,
-                   help="tiny-world evaluators folder (python -m metrics.evaluators) for the image metrics")
+                   help="tiny-world evaluators folder (python -m metrics.tiny_evaluators) for the image metrics")
     p.add_argument("--n-images", type=int, default=8)
     p.add_argument("--sample-steps", type=int, default=20)
     args = p.parse_args()

@@ -22,9 +22,9 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from mosaic.data.sample import read_manifest
+from mosaic.data.records import read_manifest
 from mosaic.model.codec import PixelCodec, VaeCodec
-from mosaic.runfolder import atomic_file
+from mosaic.infra.runfolder import atomic_file
 
 
 def images(root: Path, with_refs: bool) -> torch.Tensor:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mosaic.runfolder import atomic_write  # noqa: E402
+from mosaic.infra.runfolder import atomic_write  # noqa: E402
 BUDGET_S = 480  # all parts together: well under the 10 minutes of one device command
 PART_S = {"loss_overhead": 110, "lora_step": 120, "paper_steps": 250}  # (c) writes a ~26 GB checkpoint
 SMOKE_PART_S = {"loss_overhead": 240, "lora_step": 240, "paper_steps": 300}  # a busy 2-core CPU

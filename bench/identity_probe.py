@@ -9,7 +9,7 @@ where its subject is). This script measures, on a val split at timestep t, for e
 - query -> own subject: how often the mean query of a reference's annotated tokens is closer (cosine,
   same dimensions) to its own subject's key centroid than to the others';
 - learned subject leakage: the share of the reference's on-subject attention landing on other
-  subjects (mosaic.mechanism), for the run's own queries;
+  subjects (mosaic.inference.mechanism), for the run's own queries;
 - oracle subject leakage: the same for the best content-only query one could give each reference,
   |q| * unit(own centroid - mean of the other centroids) in the position-free dimensions, at the
   query norm the model uses (its q/k RMSNorm fixes it). A bound on what a reference branch of this
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from mosaic.config import load_config
 from mosaic.data.dataset import collate
 from mosaic.losses import reference_attention, reference_distributions
-from mosaic.attention_scores import mask_shares, subject_leakage
-from mosaic.sample import Sampler
+from mosaic.inference.attention_scores import mask_shares, subject_leakage
+from mosaic.inference.sampler import Sampler
 from mosaic.data.dataset import load_dataset
 from mosaic.flow import encode_batch
 

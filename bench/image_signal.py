@@ -64,7 +64,7 @@ def run_workflow(cfg: dict, out: Path, cores: int) -> None:
 
 
 def dag_values(results: Path) -> pd.DataFrame:
-    from mosaic.tracking.store import store_uri
+    from mosaic.infra.tracking.store import store_uri
     from workflow.lib.tables import load_runs
 
     runs = load_runs(store_uri(results / "mlflow"), "ablation")

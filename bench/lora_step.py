@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from mosaic.config import load_config
 from mosaic.model import LoraSpec, build_model
-from mosaic.runfolder import atomic_write
+from mosaic.infra.runfolder import atomic_write
 
 PROFILES = {
     "cuda": dict(flavour="flux-dev", device="cuda", dtype=torch.bfloat16, text=512, grid=(32, 32), ref_grid=(32, 32),

@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mosaic.losses import AttentionProbe, LossConfig, correspondence_losses
 from mosaic.model import LoraSpec, build_model
-from mosaic.runfolder import atomic_write
+from mosaic.infra.runfolder import atomic_write
 
 PROFILES = {
     "cpu": dict(flavour="tiny", device="cpu", dtype=torch.float32, checkpointing=False, text=24, grid=(12, 12),

@@ -3,7 +3,7 @@
 Pre-trains the tiny base transformer once (text-to-image, no references), then trains the
 reference LoRA on top of it for the variants none / scal / mdl / both over several seeds, all
 with K references per sample, and prints the held-out alignment accuracy and leakage
-(mosaic.mechanism, on the val split) as mean +- std over seeds. Expected: SCAL raises the
+(mosaic.inference.mechanism, on the val split) as mean +- std over seeds. Expected: SCAL raises the
 alignment accuracy, MDL lowers the leakage.
 
 Read the leakage columns together: plain leakage (mass on other subjects' tokens) also rises when
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from mosaic.config import load_config
 from mosaic.data.synthetic import generate_dataset
-from mosaic.runfolder import METRICS_FILE
+from mosaic.infra.runfolder import METRICS_FILE
 from mosaic.train import train
 
 VARIANTS = {"none": (0.0, 0.0), "scal": (0.4, 0.0), "mdl": (0.0, 0.6), "both": (0.4, 0.6)}

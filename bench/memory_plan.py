@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mosaic import plan
+from mosaic import memory_plan as plan
 from mosaic.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metrics.evaluate import evaluate  # noqa: E402
-from metrics.evaluators.clip_training import CLIP_CFG, new_clip, save_clip  # noqa: E402
-from metrics.evaluators.dino_training import new_vit, save_dino  # noqa: E402
+from metrics.tiny_evaluators.clip_training import CLIP_CFG, new_clip, save_clip  # noqa: E402
+from metrics.tiny_evaluators.dino_training import new_vit, save_dino  # noqa: E402
 from metrics.manifest import Item, RefInput, parse_record  # noqa: E402
 from metrics.registry import Context  # noqa: E402
 from mosaic.data.benchmarks import benchmark_record  # noqa: E402

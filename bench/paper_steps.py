@@ -30,7 +30,7 @@ from memory_plan import ROOT, profile_overrides  # noqa: E402
 
 from mosaic.config import load_config  # noqa: E402
 from mosaic.data.synthetic import SyntheticConfig, generate_dataset  # noqa: E402
-from mosaic.runfolder import LORA_FILE, MANIFEST_FILE, atomic_write  # noqa: E402
+from mosaic.infra.runfolder import LORA_FILE, MANIFEST_FILE, atomic_write  # noqa: E402
 from mosaic.train import train  # noqa: E402
 
 SMOKE = ["model.flavour=debug", "model.lora_rank=4", "train.precision=fp32", "data.target_size=32",

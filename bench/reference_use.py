@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mosaic.config import load_config
     from mosaic.data.dataset import load_dataset
-    from mosaic.sample import Sampler
+    from mosaic.inference.sampler import Sampler
 
     print("| run | t | own | other | none | own / none - 1 | subject share |\n|---|---|---|---|---|---|---|")
     for run in args.runs:

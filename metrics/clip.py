@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mosaic.artefacts import check_artefact
+from mosaic.infra.artefacts import check_artefact
 
 from .manifest import Item
 from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section

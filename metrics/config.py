@@ -2,7 +2,7 @@
 
 The `paper` profile is the published protocols with the paper-profile weights left to
 fill in (a missing one fails with the key and the path to provide). The tiny profile is
-written by `metrics.evaluators.train_evaluators` as `metrics_config.json` next to the
+written by `metrics.tiny_evaluators.train_evaluators` as `metrics_config.json` next to the
 trained evaluators. A config file (YAML or JSON) may hold the sections at top level or
 under a `metrics:` key; its sections replace the profile's, key by key.
 """

@@ -14,7 +14,7 @@ eval/tools/idip_dpg_score.py; Bytedance, Apache-2.0):
 Protocols: `xverse` answers with the kit's VQA model, mPLUG
 (`damo/mplug_visual-question-answering_coco_large_en`, a ModelScope pipeline: no transformers
 class exists for it; `vqa` is its local folder and the `modelscope` package must import);
-`qwen2.5-vl` answers with a Qwen2.5-VL from a local folder through transformers (metrics.qwen_vl),
+`qwen2.5-vl` answers with a Qwen2.5-VL from a local folder through transformers (metrics.backbones.qwen_vl),
 the same questions and rule, and its reply lower-cased and stripped of a final period before
 the "yes" test (a chat model writes "Yes."). Only `xverse` is the paper's DPG.
 """
@@ -94,7 +94,7 @@ class MplugVQA:
 
 class QwenVQA:
     def __init__(self, key: str, sec: dict[str, Any]):
-        from .qwen_vl import QwenVL
+        from .backbones.qwen_vl import QwenVL
 
         self.vl = QwenVL(key, sec, field="vqa")
         self.path = self.vl.path

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mosaic.data.sample import load_image
-from mosaic.runfolder import MANIFEST_FILE, atomic_dir
+from mosaic.data.records import load_image
+from mosaic.infra.runfolder import MANIFEST_FILE, atomic_dir
 
-from . import clip, dino, faces, hps, ipsim, mechanism  # noqa: F401  (register the metrics)
+from . import attention, clip, dino, faces, hps, ipsim  # noqa: F401  (register the metrics)
 from . import aes, dpg, unified_reward  # noqa: F401  (XVerseBench DPG and AES; UnifiedReward)
 from . import subjects  # noqa: F401  (the places world's per-subject scores)
 from .manifest import Item, read_items

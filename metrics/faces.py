@@ -2,7 +2,7 @@
 
 - `xverse` (default): XVerse's evaluation kit, RetinaFace-R50 (facer) + ArcFace IR-SE50, each
   generated face's box expanded 1.3x and detected again, 5-point alignment to 112 px; see
-  `metrics.xverse_faces`. The score is the maximum cosine x100 over the generated faces, and 0
+  `metrics.backbones.xverse_faces`. The score is the maximum cosine x100 over the generated faces, and 0
   (a real 0 with its reason) when no face is found in the generated image or in the reference.
 - `insightface`: `FaceAnalysis` on a local model pack `<model_root>/models/<model_name>/`
   (buffalo_l or antelopev2): SCRFD detection, 5-point `norm_crop` to 112x112, ArcFace.
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from mosaic.data.sample import load_image
+from mosaic.data.records import load_image
 
 from .manifest import Item
 from .registry import Context, Metric, MetricUnavailable, Row, cosine100, register, section
-from .xverse_faces import XVerseFaces
+from .backbones.xverse_faces import XVerseFaces
 
 DLIB_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
 

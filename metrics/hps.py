@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mosaic.safeload import torch_file
+from mosaic.infra.safeload import torch_file
 
 from .manifest import Item
 from .registry import Metric, MetricUnavailable, Row, cosine100, register, section
@@ -29,7 +29,7 @@ from .registry import Metric, MetricUnavailable, Row, cosine100, register, secti
 
 def load_hps_checkpoint(net, path: str | Path) -> None:
     """Load an HPS checkpoint (`{"state_dict": ...}` or a bare state dict) into an open_clip model (tensors only:
-    mosaic.safeload.torch_file refuses a file that needs more)."""
+    mosaic.infra.safeload.torch_file refuses a file that needs more)."""
     state = torch_file(path, "HPS checkpoint")
     state = state.get("state_dict", state)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mosaic.runfolder import atomic_file
+from mosaic.infra.runfolder import atomic_file
 
 from .evaluate import evaluate
 from .manifest import read_items

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dino import load_dino
-from .localise import LOCALISERS, Detection, NotLocalisable, crop_on_white, xverse_crops
+from .backbones.localise import LOCALISERS, Detection, NotLocalisable, crop_on_white, xverse_crops
 from .manifest import Item
 from .registry import Metric, MetricUnavailable, Row, cosine100, register, section
 

@@ -2,7 +2,7 @@
 
 Every generator (the MOSAIC sampler, each baseline adapter, an external image folder) writes
 one JSON object per generated image to a JSONL file, `manifest.jsonl` by default
-(`mosaic.runfolder.MANIFEST_FILE`), in the folder that holds the images. Relative paths are
+(`mosaic.infra.runfolder.MANIFEST_FILE`), in the folder that holds the images. Relative paths are
 relative to that folder; absolute paths are kept as they are (benchmark references usually
 live in ../shared/benchmarks).
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mosaic.data.sample import DataError
+from mosaic.data.records import DataError
 
 
 class ManifestError(DataError):

@@ -17,8 +17,8 @@ from typing import Any, Callable, ClassVar, Hashable
 
 import numpy as np
 
-from mosaic.data.sample import load_image
-from mosaic.registry import Registry
+from mosaic.data.records import load_image
+from mosaic.infra.registry import Registry
 
 from .manifest import Item
 

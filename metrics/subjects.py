@@ -7,7 +7,7 @@ subject can be scored on its own, in the place the prompt gives it (the manifest
 - `Own-Ref`: how much of its own reference's colours that place carries;
 - `Other-Ref`: how much of another reference's colours it carries (the most of any other reference
   of the image): identity blending and attribute leakage, per subject;
-- `Shape-Acc`: whether the shape classifier (`metrics.evaluators.shape_training`, trained on real
+- `Shape-Acc`: whether the shape classifier (`metrics.tiny_evaluators.shape_training`, trained on real
   subject crops) names the prompted kind there (100 or 0).
 
 Colours are read on the world's palette (`mosaic.data.synthetic.COLOURS`): each pixel goes to its
@@ -116,7 +116,7 @@ class ShapeAcc(Metric):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        from .evaluators.shape_training import load_shape_classifier
+        from .tiny_evaluators.shape_training import load_shape_classifier
 
         path = (cfg.get(self.config_key) or {}).get("model")
         if not path:

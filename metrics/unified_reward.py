@@ -3,7 +3,7 @@
 Why it exists: the paper's main table reports UnifiedReward (1-5 scale, e.g. 4.40) without
 naming the checkpoint; the default is the published CodeGoat24/UnifiedReward-qwen-7b (a
 Qwen2.5-VL fine-tune: native transformers class, weights from the local folder `model`;
-metrics.qwen_vl). The question is the published pointwise image-generation prompt of the
+metrics.backbones.qwen_vl). The question is the published pointwise image-generation prompt of the
 UnifiedReward-qwen model card (PROMPT below, the caption in brackets), answered greedily; the score
 is the number after "Final Score:" (1-5, the pattern the UnifiedReward GRPO reward code parses).
 A reply without it is NaN with the reason, not a 0 (that code's fallback), so it is counted.
@@ -50,7 +50,7 @@ class UnifiedReward(Metric):
     protocols = ("unifiedreward-qwen",)
 
     def __init__(self, cfg, ctx):
-        from .qwen_vl import QwenVL
+        from .backbones.qwen_vl import QwenVL
 
         super().__init__(cfg, ctx)
         sec = section(cfg, self.config_key)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from .registry import Registry, import_object
+from .infra.registry import Registry, import_object
 
 
 @dataclass(frozen=True)
@@ -28,18 +28,19 @@ COMMANDS: Registry[Command] = Registry("command", {
     "eval": Command("Score generated images (CLIP-I/T, DINO, ID-Sim, IP-Sim, HPS, mechanism)",
                     "metrics.cli:add_arguments", "metrics.cli:run"),
     "plan": Command("Estimate per-GPU memory of a training config per ZeRO stage and GPU count, and the cards it fits",
-                    "mosaic.plan:add_arguments", "mosaic.plan:run"),
+                    "mosaic.memory_plan:add_arguments", "mosaic.memory_plan:run"),
     "sample": Command("Generate images from a trained run (MOSAIC or a controlled baseline) with a manifest",
-                      "mosaic.sample:add_arguments", "mosaic.cli:run_sample"),
+                      "mosaic.inference.sampler:add_arguments", "mosaic.cli:run_sample"),
     "train": Command("Train the MOSAIC reference LoRA (or the tiny base) with DeepSpeed, logging to MLflow",
                      "mosaic.train:add_arguments", "mosaic.train:run"),
 })
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    """`mosaic sample`: a training run through mosaic.sample, a registered baseline through baselines.sample,
-    a metric's bound through mosaic.bounds."""
-    target = "baselines.sample:run" if args.baseline else "mosaic.bounds:run" if args.bound else "mosaic.sample:run"
+    """`mosaic sample`: a training run through mosaic.inference.sampler, a registered baseline through
+    baselines.sample, a metric's bound through mosaic.inference.bounds."""
+    target = ("baselines.sample:run" if args.baseline else "mosaic.inference.bounds:run" if args.bound
+              else "mosaic.inference.sampler:run")
     return import_object(target)(args)
 
 

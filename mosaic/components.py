@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .artefacts import check_artefact
+from .infra.artefacts import check_artefact
 from .config import Config
 from .model import LoraSpec, build_codec, build_model, build_text_encoder, get_flavour
 

@@ -72,7 +72,7 @@ class DataStage:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # dataset folder written by mosaic.data.sample.DatasetWriter
+    train: str = ""  # dataset folder written by mosaic.data.records.DatasetWriter
     val: str | None = None  # used for the attention figure and the mechanism evaluation
     target_size: int = 96
     ref_size: int = 48

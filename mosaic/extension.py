@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import torch
 
 from .config import Config, ConfigError
-from .registry import import_object
-from .runfolder import EXTENSION_FILE, atomic_file
+from .infra.registry import import_object
+from .infra.runfolder import EXTENSION_FILE, atomic_file
 
 
 class Extension:

@@ -1,9 +1,9 @@
-"""mosaic.artefacts: a shipped artefact carries its provenance and is refused when its bytes disagree."""
+"""mosaic.infra.artefacts: a shipped artefact carries its provenance and is refused when its bytes disagree."""
 import json
 
 import pytest
 
-from mosaic.artefacts import PROVENANCE_FILE, ArtefactError, verify, write_provenance
+from mosaic.infra.artefacts import PROVENANCE_FILE, ArtefactError, verify, write_provenance
 
 
 def artefact(tmp_path):
@@ -42,7 +42,7 @@ def test_a_changed_missing_or_unlisted_file_is_refused_naming_both_digests(tmp_p
 
 
 def test_ship_copies_the_parts_with_their_provenance_and_replaces_the_folder_whole(tmp_path):
-    from mosaic.artefacts import ship
+    from mosaic.infra.artefacts import ship
 
     src = tmp_path / "src"
     (src / "evaluators" / "clip").mkdir(parents=True)
@@ -61,7 +61,7 @@ def test_ship_copies_the_parts_with_their_provenance_and_replaces_the_folder_who
 
 
 def test_check_artefact_finds_the_folder_a_path_lies_in(tmp_path):
-    from mosaic.artefacts import check_artefact, provenance_folder
+    from mosaic.infra.artefacts import check_artefact, provenance_folder
 
     folder = artefact(tmp_path)
     assert provenance_folder(folder / "transformer") == folder.resolve()
@@ -76,7 +76,7 @@ def test_the_model_loader_refuses_a_shipped_base_whose_bytes_changed(tmp_path):
     """A shipped base is verified where every training and sampler builds its model (mosaic.components)."""
     import torch
 
-    from mosaic.artefacts import ship
+    from mosaic.infra.artefacts import ship
     from mosaic.components import build_components
     from mosaic.config import load_config
     from mosaic.model import build_model
@@ -98,10 +98,10 @@ def test_the_model_loader_refuses_a_shipped_base_whose_bytes_changed(tmp_path):
 def test_a_short_base_retrain_ships_the_same_bytes(tmp_path):
     """The shipped base is reproducible: the same command and config, retrained (a few steps here; the full
     retrain is `snakemake --cores all ship --config retrain=True`), give files with the same sha256."""
-    from mosaic.artefacts import ship
+    from mosaic.infra.artefacts import ship
     from mosaic.config import load_config
     from mosaic.data.synthetic import generate_dataset
-    from mosaic.runfolder import BASE_DIR
+    from mosaic.infra.runfolder import BASE_DIR
     from mosaic.train import train
 
     data = generate_dataset(tmp_path / "data", 4, 0, "train", 1, 2)
@@ -120,10 +120,10 @@ def test_the_metric_loaders_refuse_shipped_evaluators_whose_bytes_changed(tmp_pa
     from metrics.clip import ClipModel
     from metrics.config import load_config as load_metrics
     from metrics.dino import DinoModel
-    from metrics.evaluators import train_evaluators
-    from mosaic.artefacts import ship
+    from metrics.tiny_evaluators import train_evaluators
+    from mosaic.infra.artefacts import ship
 
-    from metrics.evaluators.shape_training import load_shape_classifier
+    from metrics.tiny_evaluators.shape_training import load_shape_classifier
     from mosaic.data.synthetic import world_config
 
     train_evaluators(tmp_path / "trained", clip_steps=2, dino_steps=1, n_train=12, log=lambda *a: None,

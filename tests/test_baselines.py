@@ -16,11 +16,11 @@ from baselines.controlled.dreamo import routing_loss
 from baselines.controlled.xverse import WORDS, XVerseExtension, phrase_spans, subject_token_mask
 from baselines.official.base import OfficialUnavailable
 from baselines.registry import get_baseline, list_baselines
-from metrics.evaluators.clip_training import new_clip, save_clip
-from metrics.evaluators.dino_training import new_vit, save_dino
+from metrics.tiny_evaluators.clip_training import new_clip, save_clip
+from metrics.tiny_evaluators.dino_training import new_vit, save_dino
 from mosaic.cli import main
 from mosaic.config import load_config
-from mosaic.data.sample import read_manifest
+from mosaic.data.records import read_manifest
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import HashedWordEncoder, TokenLayout, build_model, position_ids
 from mosaic.flow import Encoded

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from baselines.registry import get_baseline
 from mosaic.config import load_config
-from mosaic.data.sample import read_manifest
+from mosaic.data.records import read_manifest
 from mosaic.data.synthetic import generate_dataset
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mosaic.data.benchmarks import benchmarks_root, load_benchmark, load_dreambench, load_xversebench
-from mosaic.data.sample import DataError
+from mosaic.data.records import DataError
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"{ROOT} not present")

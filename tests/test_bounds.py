@@ -1,11 +1,11 @@
-"""mosaic.bounds: the ceiling is the real targets, the floor the same scenes with no subject drawn."""
+"""mosaic.inference.bounds: the ceiling is the real targets, the floor the same scenes with no subject drawn."""
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mosaic.bounds import write_bounds
+from mosaic.inference.bounds import write_bounds
 from mosaic.cli import main
 from mosaic.data.synthetic import generate_dataset
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mosaic.data.collage import build_collage, join_phrases, write_collages
-from mosaic.data.sample import DataError, DatasetWriter, Reference, Sample, iter_samples
+from mosaic.data.records import DataError, DatasetWriter, Reference, Sample, iter_samples
 from mosaic.data.validate import validate_dataset
 
 

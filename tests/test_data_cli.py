@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mosaic.cli import main
-from mosaic.data.sample import read_metadata
+from mosaic.data.records import read_metadata
 
 
 @dataclass
@@ -98,7 +98,7 @@ def test_validate_with_real_validator(tmp_path, capsys):
 
 def test_collage_and_benchmark_commands(tmp_path, capsys):
     from mosaic.cli import main
-    from mosaic.data.sample import read_manifest
+    from mosaic.data.records import read_manifest
 
     assert main(["data", "generate", "--out", str(tmp_path / "src"), "--n", "12", "--k-min", "1", "--k-max", "1"]) == 0
     assert main(["data", "collage", str(tmp_path / "src"), "--out", str(tmp_path / "col"), "--n", "3", "--k", "2",

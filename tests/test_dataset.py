@@ -1,10 +1,10 @@
-"""Sample format round trip, Dataset and collate (mosaic.data.sample / dataset)."""
+"""Sample format round trip, Dataset and collate (mosaic.data.records / dataset)."""
 import numpy as np
 import pytest
 import torch
 
 from mosaic.data.dataset import MultiSubjectDataset, TokenSpec, collate
-from mosaic.data.sample import DataError, DatasetWriter, Reference, Sample, iter_samples, read_metadata
+from mosaic.data.records import DataError, DatasetWriter, Reference, Sample, iter_samples, read_metadata
 
 SPEC = TokenSpec(target_size=(32, 32), ref_size=(16, 16), downsample=4, patch=2)
 

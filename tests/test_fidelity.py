@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 
 from mosaic.config import load_config
 from mosaic.data.collage import write_collages
-from mosaic.data.sample import DatasetWriter, Reference, Sample, read_manifest
+from mosaic.data.records import DatasetWriter, Reference, Sample, read_manifest
 from mosaic.data.synthetic import generate_dataset
 from mosaic.flow import encode_batch, step_generator
 from mosaic.model import LoraSpec, build_codec, build_model
-from mosaic.sample import prepare_reference, upstream_reference
+from mosaic.inference.sampler import prepare_reference, upstream_reference
 from mosaic.train import apply_dropout, train
 
 
@@ -319,7 +319,7 @@ def test_uno_official_samples_dreambench_with_its_own_seeds(tmp_path, monkeypatc
     """UNO inference.py: seed=args.seed + j (3407 + j) for the j-th image of a prompt."""
     import baselines.sample as bs
     from baselines.official.uno import UnoOfficial
-    from mosaic.sample import Request
+    from mosaic.inference.sampler import Request
 
     class Fake(UnoOfficial):
         def __init__(self, **kw):

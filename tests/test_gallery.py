@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mosaic.bounds import write_bounds
+from mosaic.inference.bounds import write_bounds
 from mosaic.data.synthetic import generate_dataset
-from mosaic.tracking import store as ms
+from mosaic.infra.tracking import store as ms
 from tests.browser_helpers import browser
 from tests.workflow_helpers import micro_run_counts, snakemake
 from workflow.lib import gallery

@@ -1,7 +1,7 @@
 """The trainer's held-out mechanism evaluation: batched mask shares over padded references."""
 import torch
 
-from mosaic.attention_scores import mask_shares, subject_leakage
+from mosaic.inference.attention_scores import mask_shares, subject_leakage
 
 
 def test_mask_shares_per_valid_reference_ignoring_padding():

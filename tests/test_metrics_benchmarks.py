@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from metrics.evaluators.clip_training import new_clip, save_clip
-from metrics.evaluators.dino_training import new_vit, save_dino
+from metrics.tiny_evaluators.clip_training import new_clip, save_clip
+from metrics.tiny_evaluators.dino_training import new_vit, save_dino
 from mosaic.cli import main as mosaic_main
 from mosaic.data.benchmarks import benchmark_record, benchmarks_root, load_benchmark
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from metrics.clip import ClipModel
-from metrics.evaluators.clip_training import save_clip
+from metrics.tiny_evaluators.clip_training import save_clip
 from metrics.registry import cosine100
 
 transformers = pytest.importorskip("transformers")

@@ -13,10 +13,10 @@ from metrics.dino import DinoModel
 from metrics.evaluate import evaluate, evaluate_folder
 from metrics.manifest import Item, ManifestError, RefInput, read_items
 from metrics.registry import MetricUnavailable
-from metrics.evaluators.clip_training import new_clip, save_clip
-from metrics.evaluators.dino_training import new_vit, save_dino
+from metrics.tiny_evaluators.clip_training import new_clip, save_clip
+from metrics.tiny_evaluators.dino_training import new_vit, save_dino
 from mosaic.cli import main as mosaic_main
-from mosaic.data.sample import DataError
+from mosaic.data.records import DataError
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from PIL import Image
 
 from metrics.evaluate import evaluate
 from metrics.faces import IdSim, model_key, protocol_of
-from metrics.irse50 import IRSE50, load_irse50
+from metrics.backbones.irse50 import IRSE50, load_irse50
 from metrics.manifest import Item, RefInput
 from metrics.registry import Context, MetricUnavailable
 
-from metrics.xverse_faces import (ARCFACE_TEMPLATE, Detections, RetinaFaceR50, XVerseFaces, align, align_matrix,
+from metrics.backbones.xverse_faces import (ARCFACE_TEMPLATE, Detections, RetinaFaceR50, XVerseFaces, align, align_matrix,
                                   expand_box, face_crops)
 
 try:

@@ -10,7 +10,7 @@ import metrics.hps as hps
 from metrics.evaluate import evaluate
 from metrics.manifest import Item
 from metrics.registry import Context, MetricUnavailable
-from metrics.evaluators.clip_training import CLIP_CFG, new_clip
+from metrics.tiny_evaluators.clip_training import CLIP_CFG, new_clip
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.localise import (Detection, Florence2Sam2Localiser, NotLocalisable, big_enough, crop_on_white,
+from metrics.backbones.localise import (Detection, Florence2Sam2Localiser, NotLocalisable, big_enough, crop_on_white,
                               min_instance_size, pad_to_square, parse_open_vocabulary, xverse_crops)
 from metrics.manifest import RefInput
 from metrics.registry import MetricUnavailable
@@ -106,7 +106,7 @@ def test_ip_sim_xverse_protocol_scores_zero_with_its_reason_when_nothing_is_left
     from PIL import Image
 
     from metrics.evaluate import evaluate
-    from metrics.evaluators.dino_training import new_vit, save_dino
+    from metrics.tiny_evaluators.dino_training import new_vit, save_dino
     from metrics.manifest import Item
 
     save_dino(new_vit(0), tmp_path / "dino")
@@ -255,7 +255,7 @@ def test_ip_sim_xverse_end_to_end_equals_the_kit_steps_by_hand(tmp_path):
 
     from metrics.dino import load_dino
     from metrics.evaluate import evaluate
-    from metrics.evaluators.dino_training import new_vit, save_dino
+    from metrics.tiny_evaluators.dino_training import new_vit, save_dino
     from metrics.manifest import Item
     from metrics.registry import Context, cosine100
 

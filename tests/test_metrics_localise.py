@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.localise import BackgroundLocaliser, NotLocalisable, OwlSamLocaliser, crop_on_white
+from metrics.backbones.localise import BackgroundLocaliser, NotLocalisable, OwlSamLocaliser, crop_on_white
 from metrics.manifest import RefInput
 from metrics.registry import MetricUnavailable
 
@@ -87,7 +87,7 @@ def test_ip_sim_gives_nan_for_human_and_unlocalisable_references(tmp_path):
 
     from metrics.evaluate import evaluate
     from metrics.manifest import Item
-    from metrics.evaluators.dino_training import new_vit, save_dino
+    from metrics.tiny_evaluators.dino_training import new_vit, save_dino
 
     save_dino(new_vit(0), tmp_path / "dino")
     Image.new("RGB", (48, 48), "white").save(tmp_path / "a.png")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from metrics.evaluate import evaluate
 from metrics.manifest import read_items
-from mosaic.attention_scores import alignment_accuracy, leakage, point_hits, reference_maps
+from mosaic.inference.attention_scores import alignment_accuracy, leakage, point_hits, reference_maps
 
 
 def one_hot_rows(tokens, t):
@@ -76,7 +76,7 @@ def test_mechanism_metrics_through_evaluate(tmp_path):
 
 
 def test_attention_file_must_match_the_reference_count(tmp_path):
-    from mosaic.data.sample import DataError
+    from mosaic.data.records import DataError
 
     Image.new("RGB", (16, 16), "white").save(tmp_path / "img.png")
     np.savez(tmp_path / "attn.npz", attn0=np.ones((1, 4)), gt0=np.zeros(1, int), token_masks=np.ones((1, 2, 2), bool))

@@ -11,9 +11,9 @@ from PIL import Image
 from metrics.config import load_config
 from metrics.evaluate import evaluate, image_summary
 from metrics.manifest import Item, RefInput
-from metrics.evaluators import train_evaluators
-from metrics.evaluators.validation import roc_auc
-from metrics.evaluators.world import captions, clip_canvases, held_out_combinations, recoloured, repaint
+from metrics.tiny_evaluators import train_evaluators
+from metrics.tiny_evaluators.validation import roc_auc
+from metrics.tiny_evaluators.world import captions, clip_canvases, held_out_combinations, recoloured, repaint
 from mosaic.data.synthetic import BACKGROUNDS, generate_sample, identities
 
 

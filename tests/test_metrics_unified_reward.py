@@ -8,7 +8,7 @@ from PIL import Image
 
 from metrics.evaluate import evaluate
 from metrics.manifest import Item
-from metrics.qwen_vl import QwenVL
+from metrics.backbones.qwen_vl import QwenVL
 from metrics.registry import MetricUnavailable
 from metrics.unified_reward import NO_SCORE, PROMPT, parse_score
 from tests.tiny_qwen_vl import build_tiny_qwen_vl

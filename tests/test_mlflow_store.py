@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
-from mosaic.tracking import store as ms  # noqa: E402
-from mosaic.tracking.run import KIND_TAG, MODEL_TRAINING, RunLogger  # noqa: E402
+from mosaic.infra.tracking import store as ms  # noqa: E402
+from mosaic.infra.tracking.run import KIND_TAG, MODEL_TRAINING, RunLogger  # noqa: E402
 from mosaic.train.run_logger import log_step  # noqa: E402
 from workflow.scripts import mlflow_log  # noqa: E402
 
@@ -65,7 +65,7 @@ def training_folder(folder: Path, start: int, end: int) -> str:
     ran from `start` to `end` (ms)."""
     from mlflow.entities import Metric
 
-    from mosaic.runfolder import RUN_ID_FILE
+    from mosaic.infra.runfolder import RUN_ID_FILE
 
     folder.mkdir(parents=True)
     client = MlflowClient(ms.store_uri(folder))

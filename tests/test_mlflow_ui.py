@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from mosaic.tracking.run import KIND_TAG, MODEL_TRAINING
-from mosaic.tracking.store import store_uri
+from mosaic.infra.tracking.run import KIND_TAG, MODEL_TRAINING
+from mosaic.infra.tracking.store import store_uri
 from tests.browser_helpers import browser
 from tests.workflow_helpers import micro_run_counts
 from workflow.scripts.mlflow_log import PARENT_TAG

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mosaic import plan
+from mosaic import memory_plan as plan
 from mosaic.cli import main
 from mosaic.config import load_config
 from mosaic.model import LoraSpec, build_model

@@ -10,7 +10,7 @@ from mosaic.config import load_config
 from mosaic.data.dataset import load_dataset
 from mosaic.data.synthetic import generate_dataset
 from mosaic.flow import encode_batch
-from mosaic.sample import Sampler
+from mosaic.inference.sampler import Sampler
 
 
 @pytest.fixture(scope="module")

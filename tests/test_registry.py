@@ -1,11 +1,11 @@
-"""mosaic.registry: one registry class for metrics, baselines, flavours and CLI commands."""
+"""mosaic.infra.registry: one registry class for metrics, baselines, flavours and CLI commands."""
 import pytest
 
 from baselines.registry import BASELINES
 from metrics.registry import METRICS
 from mosaic.cli import COMMANDS
 from mosaic.model.flavours import FLAVOURS
-from mosaic.registry import Registry, import_object
+from mosaic.infra.registry import Registry, import_object
 
 
 class Thing:

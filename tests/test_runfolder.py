@@ -1,9 +1,9 @@
-"""mosaic.runfolder: every writer's output appears whole or not at all."""
+"""mosaic.infra.runfolder: every writer's output appears whole or not at all."""
 import os
 
 import pytest
 
-from mosaic.runfolder import atomic_dir, atomic_file, atomic_write
+from mosaic.infra.runfolder import atomic_dir, atomic_file, atomic_write
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):

@@ -1,4 +1,4 @@
-"""mosaic.safeload: checkpoints load as tensors only, model folders through native classes; and the source
+"""mosaic.infra.safeload: checkpoints load as tensors only, model folders through native classes; and the source
 tree loads third-party weights no other way."""
 import ast
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mosaic.safeload import UnsafeCheckpoint, pretrained, torch_file
+from mosaic.infra.safeload import UnsafeCheckpoint, pretrained, torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,10 +79,10 @@ def _calls(tree):
 
 
 def test_the_source_tree_loads_weights_only_through_safe_paths():
-    """torch.load always with weights_only=True; trust_remote_code passed only by mosaic.safeload (config-gated)."""
+    """torch.load always with weights_only=True; trust_remote_code passed only by mosaic.infra.safeload (config-gated)."""
     offenders = []
     for path in sorted(p for d in ("mosaic", "metrics", "baselines", "workflow", "bench") for p in (ROOT / d).rglob("*.py")):
-        if path == ROOT / "mosaic" / "safeload.py":
+        if path == ROOT / "mosaic" / "infra" / "safeload.py":
             continue
         for node, func in _calls(ast.parse(path.read_text(), str(path))):
             kw = {k.arg: k.value for k in node.keywords}
@@ -91,5 +91,5 @@ def test_the_source_tree_loads_weights_only_through_safe_paths():
                                                    and kw["weights_only"].value is True):
                 offenders.append(f"{where}: torch.load without weights_only=True")
             if "trust_remote_code" in kw:
-                offenders.append(f"{where}: trust_remote_code outside mosaic.safeload.pretrained")
+                offenders.append(f"{where}: trust_remote_code outside mosaic.infra.safeload.pretrained")
     assert not offenders, "\n".join(offenders)

@@ -15,7 +15,7 @@ from mosaic.cli import main
 from mosaic.config import load_config
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import build_codec, build_model, build_text_encoder
-from mosaic.sample import FLUX_SCHEDULER, Sampler, flux_timesteps
+from mosaic.inference.sampler import FLUX_SCHEDULER, Sampler, flux_timesteps
 from mosaic.train import train
 
 
@@ -130,7 +130,7 @@ def test_missing_run_files_fail_clearly(tmp_path):
 def test_benchmark_manifest_references_resolve_from_the_manifest(tmp_path, monkeypatch):
     """A benchmark root given relative to the working directory (the workflow's `../shared/benchmarks`)
     still gives reference paths that the written manifest resolves from its own folder."""
-    from mosaic.sample import benchmark_requests, write_outputs
+    from mosaic.inference.sampler import benchmark_requests, write_outputs
 
     shared = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
     monkeypatch.chdir(shared.parent.parent)

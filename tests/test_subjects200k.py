@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mosaic.data.sample import DataError, iter_samples
+from mosaic.data.records import DataError, iter_samples
 from mosaic.data.subjects200k import (
     REF_BOX, TARGET_BOX, ReadReport, convert_subjects200k, crop_pair, iter_subjects200k, upstream_uid,
 )

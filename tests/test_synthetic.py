@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mosaic.data.synthetic as syn
-from mosaic.data.sample import iter_samples, read_metadata
+from mosaic.data.records import iter_samples, read_metadata
 from mosaic.data.synthetic import Pose, SyntheticConfig, generate_dataset, generate_sample, identities, vocabulary
 from mosaic.data.tokens import map_correspondences
 

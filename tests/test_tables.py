@@ -1,11 +1,11 @@
-"""workflow.lib.tables (tables from MLflow runs) and mosaic.tracking.store (idempotent relogging into one store)."""
+"""workflow.lib.tables (tables from MLflow runs) and mosaic.infra.tracking.store (idempotent relogging into one store)."""
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mosaic.tracking import store as ms
+from mosaic.infra.tracking import store as ms
 from workflow.lib import tables
 
 

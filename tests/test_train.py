@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from mosaic.cli import main
 from mosaic.config import ConfigError, flatten, load_config
-from mosaic.data.sample import DataError
+from mosaic.data.records import DataError
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import LoraSpec, build_model
 from mosaic.flow import sample_timesteps, step_generator
-from mosaic.runfolder import CHECKPOINTS
+from mosaic.infra.runfolder import CHECKPOINTS
 from mosaic.train import TrainingError, apply_dropout, latest_checkpoint, train
 
 

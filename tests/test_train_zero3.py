@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import LoraSpec, build_model
-from mosaic.runfolder import CHECKPOINTS, LORA_FILE
+from mosaic.infra.runfolder import CHECKPOINTS, LORA_FILE
 from tests.zero_runs import RUNS
 
 RTOL, ATOL = 1e-5, 1e-6

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mosaic.data.dataset import TokenSpec
-from mosaic.data.sample import DatasetWriter, Reference, Sample
+from mosaic.data.records import DatasetWriter, Reference, Sample
 from mosaic.data.validate import Problem, validate_dataset
 
 H = W = 32

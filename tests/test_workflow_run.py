@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mosaic.tracking.store import store_uri
+from mosaic.infra.tracking.store import store_uri
 from tests.workflow_helpers import ROOT, micro_config, micro_run_counts, snakemake, write_config
 from workflow.lib import tables
 

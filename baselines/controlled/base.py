@@ -1,5 +1,5 @@
 """What every controlled baseline shares: config overrides on top of MOSAIC's training config,
-training through `mosaic.train`, sampling through `mosaic.sample`.
+training through `mosaic.train`, sampling through `mosaic.inference.sampler`.
 
 A controlled baseline is MOSAIC's run with a few settings changed (`SETTINGS`, dotted
 `key=value` overrides as for `mosaic train --set`, applied after the user's own) and, where the
@@ -15,7 +15,7 @@ from typing import ClassVar
 from PIL import Image
 
 from mosaic.config import load_config
-from mosaic.sample import Sampler
+from mosaic.inference.sampler import Sampler
 from mosaic.train import train
 
 class ControlledBaseline:

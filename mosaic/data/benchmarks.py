@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sample import DataError
+from .records import DataError
 from .validate import missing_phrases
 
 BENCHMARKS = ("dreambench", "xversebench")

@@ -77,7 +77,7 @@ def _generate(args) -> int:
 def _preview(args) -> int:
     from .dataset import TokenSpec
     from .preview import write_preview
-    from .sample import load_sample, read_manifest
+    from .records import load_sample, read_manifest
 
     spec = None
     if args.tokens:
@@ -92,7 +92,7 @@ def _preview(args) -> int:
 
 
 def _validate(args) -> int:
-    from .sample import read_manifest
+    from .records import read_manifest
     from .validate import validate_dataset
 
     encoder = None
@@ -109,7 +109,7 @@ def _validate(args) -> int:
     report = f"OK: {len(read_manifest(args.path))} samples"
     print(report)
     if args.report:
-        from ..runfolder import atomic_write
+        from ..infra.runfolder import atomic_write
 
         atomic_write(args.report, report + "\n")
     return 0

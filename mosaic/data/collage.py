@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .sample import DataError, DatasetWriter, Reference, Sample, load_sample, read_manifest
+from .records import DataError, DatasetWriter, Reference, Sample, load_sample, read_manifest
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .sample import DataError, Sample, load_sample, read_manifest
+from .records import DataError, Sample, load_sample, read_manifest
 from .tokens import CorrespondenceConflict, map_correspondences, mask_to_tokens
 
 

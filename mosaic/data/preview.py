@@ -15,8 +15,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..runfolder import atomic_file
-from .sample import Sample, load_sample, read_manifest
+from ..infra.runfolder import atomic_file
+from .records import Sample, load_sample, read_manifest
 from .tokens import map_correspondences
 
 SUBJECT_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),

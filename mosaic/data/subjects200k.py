@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .sample import DataError, DatasetWriter, Reference, Sample
-from ..safeload import UnsafeCheckpoint, torch_file
+from .records import DataError, DatasetWriter, Reference, Sample
+from ..infra.safeload import UnsafeCheckpoint, torch_file
 
 PAD, VIEW = 8, 512
 TARGET_BOX = (PAD, PAD, VIEW + PAD, VIEW + PAD)  # (8, 8, 520, 520)

@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .sample import DatasetWriter, Reference, Sample
+from .records import DatasetWriter, Reference, Sample
 
 GENERATOR_VERSION = 3  # 2: distinct_colours; 3: the places world (layout, phrase, vocabulary settings)
 SPLITS = ("train", "val", "test")
@@ -558,7 +558,7 @@ def generate_sample(seed: int, split: str, index: int, k: int, cfg: SyntheticCon
 
 def background_only(seed: int, split: str, index: int, k: int, cfg: SyntheticConfig | None = None) -> np.ndarray:
     """The target of `generate_sample(seed, split, index, k, cfg)` with no subject drawn: its exact
-    background, colour and texture (the floor of an image metric, mosaic.bounds)."""
+    background, colour and texture (the floor of an image metric, mosaic.inference.bounds)."""
     cfg = cfg or SyntheticConfig()
     pool = identities(split, cfg)
     rng = np.random.default_rng([seed, _split_code(split), index, 0])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .sample import MANIFEST, METADATA, REQUIRED, DataError, read_image
+from .records import MANIFEST, METADATA, REQUIRED, DataError, read_image
 from .tokens import pixel_to_token
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..registry import Registry
+from ..infra.registry import Registry
 
 
 PREDICTIONS = ("velocity", "x0")

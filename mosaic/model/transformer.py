@@ -17,7 +17,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 from torch.utils.checkpoint import checkpoint
 
-from ..runfolder import atomic_dir, atomic_file
+from ..infra.runfolder import atomic_dir, atomic_file
 from . import fused
 from .flavours import Flavour, get_flavour
 from .layout import POS_SCHEMES, TokenLayout, position_ids
@@ -141,7 +141,7 @@ class MosaicTransformer(torch.nn.Module):
 
     def save_lora(self, path: str | os.PathLike) -> Path:
         """Write the LoRA as one safetensors file (diffusers/peft FLUX format, adapter config in its
-        metadata) atomically (mosaic.runfolder)."""
+        metadata) atomically (mosaic.infra.runfolder)."""
         from diffusers import FluxPipeline
 
         self._require_lora()

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..flow import encode_batch, step_generator
-from ..runfolder import atomic_write
+from ..infra.runfolder import atomic_write
 from .checkpoint import latest_checkpoint
 from .data import batch_stream
 from .objective import forward_losses

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..runfolder import BASE_DIR, CHECKPOINTS, LATEST, LORA_FILE, LORA_RAW_FILE, atomic_write
+from ..infra.runfolder import BASE_DIR, CHECKPOINTS, LATEST, LORA_FILE, LORA_RAW_FILE, atomic_write
 from .partitioned import gathered, is_partitioned, local_tensors, whole
 
 

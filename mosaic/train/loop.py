@@ -14,14 +14,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import mechanism
+from ..inference import mechanism
 from ..components import build_components
 from ..config import Config
 from ..data.dataset import load_dataset
 from ..extension import build_extension
 from ..flow import encode_batch, step_generator
 from ..model.weights import locate
-from ..runfolder import CHECKPOINTS
+from ..infra.runfolder import CHECKPOINTS
 from .calibrate import calibrated
 from .callbacks import Callback, StopFlag, fault_callbacks
 from .checkpoint import Checkpointer, TrainingError, latest_checkpoint

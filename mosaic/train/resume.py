@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, dump_yaml, flatten, load_config
-from ..runfolder import BASE_DIR, CONFIG_FILE, INPUTS_FILE, LORA_FILE, RUN_ID_FILE, atomic_write
+from ..infra.runfolder import BASE_DIR, CONFIG_FILE, INPUTS_FILE, LORA_FILE, RUN_ID_FILE, atomic_write
 from .checkpoint import checkpoint_step, latest_checkpoint
 
 

@@ -1,7 +1,7 @@
 """The training run's MLflow logger: a new run with every resolved config value as a param, or the stored one.
 
 Why it exists: params, provenance tags and per-step metrics of a training go to one MLflow run,
-reopened when the run resumes (mosaic.tracking.run).
+reopened when the run resumes (mosaic.infra.tracking.run).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from ..config import Config, flatten
-from ..runfolder import CONFIG_FILE
-from ..tracking.run import RunLogger, provenance, resolve_tracking_uri
+from ..infra.runfolder import CONFIG_FILE
+from ..infra.tracking.run import RunLogger, provenance, resolve_tracking_uri
 
 
 def start_logger(cfg: Config, out: Path, step: int, world: int, device: torch.device, bf16: bool,

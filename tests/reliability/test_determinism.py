@@ -5,7 +5,7 @@ and value the jobs logged side by side (--cores 2) is in the store."""
 import pandas as pd
 import pytest
 
-from mosaic.tracking.store import store_uri
+from mosaic.infra.tracking.store import store_uri
 from tests.workflow_helpers import assert_same_ablation_tables, micro_config, micro_run_counts, snakemake, write_config
 from workflow.lib import tables
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from mosaic.config import load_config
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import LoraSpec, build_model
-from mosaic.runfolder import CHECKPOINTS
+from mosaic.infra.runfolder import CHECKPOINTS
 from mosaic.train import TrainingError, latest_checkpoint, train
 
 

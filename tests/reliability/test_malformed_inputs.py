@@ -21,7 +21,7 @@ from PIL import Image
 from mosaic.cli import main
 from mosaic.config import ConfigError, load_config
 from mosaic.data.dataset import MultiSubjectDataset, TokenSpec
-from mosaic.data.sample import DataError
+from mosaic.data.records import DataError
 from mosaic.data.synthetic import generate_dataset, generate_sample
 from mosaic.data.validate import validate_dataset
 
@@ -338,7 +338,7 @@ def test_lora_of_the_wrong_shapes(tmp_path):
 
 @pytest.mark.slow  # only for the first DeepSpeed engine of a process on CPU: it JIT-builds its comm op (~1-2 min)
 def test_nan_loss_at_a_step(base, tmp_path):
-    from mosaic.runfolder import CHECKPOINTS
+    from mosaic.infra.runfolder import CHECKPOINTS
     from mosaic.train import TrainingError, latest_checkpoint, train
 
     out = tmp_path / "run"
@@ -354,8 +354,8 @@ def test_nan_loss_at_a_step(base, tmp_path):
 
 @pytest.fixture(scope="module")
 def metric_models(tmp_path_factory):
-    from metrics.evaluators.clip_training import new_clip, save_clip
-    from metrics.evaluators.dino_training import new_vit, save_dino
+    from metrics.tiny_evaluators.clip_training import new_clip, save_clip
+    from metrics.tiny_evaluators.dino_training import new_vit, save_dino
 
     root = tmp_path_factory.mktemp("metric-models")
     save_clip(new_clip(seed=1), root / "clip")

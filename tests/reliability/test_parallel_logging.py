@@ -1,5 +1,5 @@
 """Parallel logging into one MLflow sqlite store: concurrent writers lose and duplicate nothing,
-and "database is locked" is retried with backoff, logged, and bounded (mosaic.tracking.retry)."""
+and "database is locked" is retried with backoff, logged, and bounded (mosaic.infra.tracking.retry)."""
 from __future__ import annotations
 
 import logging
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mosaic.tracking import store as ms
-from mosaic.tracking import retry
-from mosaic.tracking.run import CREATE_TAG, RunLogger
+from mosaic.infra.tracking import store as ms
+from mosaic.infra.tracking import retry
+from mosaic.infra.tracking.run import CREATE_TAG, RunLogger
 
 N_PROC, STEPS, FLUSH_EVERY = 8, 100, 10  # the trainer's default tracking.log_every is 10
 
@@ -32,7 +32,7 @@ def log_one(i: int, root: str, barrier=None) -> int:
     retries = []
     handler = logging.Handler()
     handler.emit = retries.append
-    logging.getLogger("mosaic.tracking.retry").addHandler(handler)
+    logging.getLogger("mosaic.infra.tracking.retry").addHandler(handler)
     exp, uri, out = expected(i), ms.store_uri(root), Path(root) / f"job{i}"
     out.mkdir()
     (out / "artifact.txt").write_text(exp["artifact"])
@@ -172,12 +172,12 @@ def started(store: Path, name: str) -> RunLogger:
 
 
 def retry_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "mosaic.tracking.retry" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "mosaic.infra.tracking.retry" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("path", ["RunLogger", "log_record"])
 def test_a_write_waits_out_a_lock_of_1_5_s_with_logged_retries(store, path, monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, logger="mosaic.tracking.retry")
+    caplog.set_level(logging.WARNING, logger="mosaic.infra.tracking.retry")
     settings(monkeypatch, attempts=30, busy=0.1, backoff=0.1, backoff_max=0.4)  # a budget of about 10 s
     run = started(store, f"wait-{path}")
     run.log_metrics({"loss": 0.5}, 1)
@@ -199,7 +199,7 @@ def test_a_write_waits_out_a_lock_of_1_5_s_with_logged_retries(store, path, monk
 @pytest.mark.parametrize("path", ["RunLogger", "log_record"])
 def test_a_lock_past_the_retry_budget_fails_clearly_after_exactly_the_set_attempts(store, path, monkeypatch,
                                                                                     caplog):
-    caplog.set_level(logging.WARNING, logger="mosaic.tracking.retry")
+    caplog.set_level(logging.WARNING, logger="mosaic.infra.tracking.retry")
     settings(monkeypatch, attempts=3, busy=0.05, backoff=0.01, backoff_max=0.02)
     run = started(store, f"budget-{path}")
     calls, what = [], "log_batch" if path == "RunLogger" else "get_experiment_by_name"  # meets the lock first

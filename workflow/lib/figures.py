@@ -6,7 +6,7 @@ target (the sampler's maps, `mosaic sample --attention`) overlaid on it; the sca
 each metric against the number of subjects per method with error bars; the sweep heat map draws
 each metric over the alpha x beta grid; the ablation's attention folder collects, per method, the
 sample sheet and the teacher-forced attention figure of one evaluation run from its MLflow
-artifacts. Every PNG and folder is written atomically (mosaic.runfolder).
+artifacts. Every PNG and folder is written atomically (mosaic.infra.runfolder).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mosaic.runfolder import atomic_dir, atomic_file
+from mosaic.infra.runfolder import atomic_dir, atomic_file
 
 
 def _plt():

@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import pandas as pd
 
-from mosaic.runfolder import MANIFEST_FILE, atomic_write
+from mosaic.infra.runfolder import MANIFEST_FILE, atomic_write
 
 from . import tables
 
@@ -122,13 +122,13 @@ def read_scores(path: Path) -> dict[str, list[Score]]:
 
 @lru_cache(maxsize=None)
 def _targets(dataset: Path) -> dict[str, Path]:
-    from mosaic.data.sample import read_manifest
+    from mosaic.data.records import read_manifest
 
     return {str(r["id"]): dataset / r["target"] for r in read_manifest(dataset)}
 
 
 def ground_truth(reference: Path | None, entry: str) -> Path | None:
-    """The real target of a held-out prompt: its test split's `samples/<entry>/target.png` (mosaic.data.sample's
+    """The real target of a held-out prompt: its test split's `samples/<entry>/target.png` (mosaic.data.records's
     layout, which holds the references too); None for a prompt without one (a benchmark's)."""
     if reference is None or reference.parent.parent.name != "samples":
         return None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import Paramspace
 
-from mosaic.runfolder import DONE_FILE
+from mosaic.infra.runfolder import DONE_FILE
 
 ROOT = workflow.basedir  # the project root (this repository)
 SCRIPTS = os.path.join(ROOT, "workflow", "scripts")  # the jobs' adapters (python workflow/scripts/<name>.py)
@@ -35,8 +35,8 @@ shell.prefix(_shell_prefix())
 ENV = "../envs/mosaic.yaml"  # the conda environment of every rule (relative to workflow/rules/)
 R = config["results"]
 STORE = f"{R}/mlflow"  # sqlite store + artifacts; created in onstart
-STORE_DB = f"{STORE}/mlflow.db"  # = mosaic.tracking.store.DB_NAME (not imported while parsing: it sets an env var)
-STORE_GENERATION = f"{STORE}/generation"  # = mosaic.tracking.store.GENERATION_FILE
+STORE_DB = f"{STORE}/mlflow.db"  # = mosaic.infra.tracking.store.DB_NAME (not imported while parsing: it sets an env var)
+STORE_GENERATION = f"{STORE}/generation"  # = mosaic.infra.tracking.store.GENERATION_FILE
 LOGGED = f"{STORE}/logged"  # one marker (the run ids) per logging job
 STUDIES = list(config["studies"])
 SHARED_EXPERIMENT = "shared"  # the base model and the tiny-world evaluators, used by every study
@@ -157,7 +157,7 @@ def study_rows(name):
 
 
 def untrained(method):
-    """An official release (sampled with its own weights) or a bound (mosaic.bounds: no model at all)."""
+    """An official release (sampled with its own weights) or a bound (mosaic.inference.bounds: no model at all)."""
     return bool(METHODS[method].get("official") or METHODS[method].get("bound"))
 
 
@@ -306,7 +306,7 @@ def launcher(resources):
 
 def create_store():
     """The sqlite store and one experiment per study, created once before any job (jobs only add runs)."""
-    from mosaic.tracking.store import ensure_store
+    from mosaic.infra.tracking.store import ensure_store
 
     ensure_store(STORE, [SHARED_EXPERIMENT, *STUDIES])
 
@@ -314,7 +314,7 @@ def create_store():
 def write_generation():
     """Record GENERATION, the id this parse planned the jobs with, as the store's (a no-op for a store
     that existed: its id was read); the next parse reads it back."""
-    from mosaic.runfolder import atomic_write
+    from mosaic.infra.runfolder import atomic_write
 
     path = Path(STORE_GENERATION)
     found = path.read_text().strip() if path.is_file() else None

@@ -1,5 +1,5 @@
 # Metric models. Tiny: a CLIP and a DINO trained once on train-split identities of the synthetic
-# world (metrics.evaluators; their numbers are tiny-world numbers). Paper: the published models,
+# world (metrics.tiny_evaluators; their numbers are tiny-world numbers). Paper: the published models,
 # from the weights named in config metrics.config. Either way one metrics config file for the evaluations.
 
 if TINY_EVALUATORS:
@@ -21,7 +21,7 @@ if TINY_EVALUATORS:
             world=config["data"].get("world", "blobs"),
             shape=config["metrics"]["evaluators"].get("shape_steps", 600),
         shell:
-            "OMP_NUM_THREADS={threads} python -m metrics.evaluators {output} --clip-steps {params.e[clip_steps]}"
+            "OMP_NUM_THREADS={threads} python -m metrics.tiny_evaluators {output} --clip-steps {params.e[clip_steps]}"
             " --dino-steps {params.e[dino_steps]} --shape-steps {params.shape} --n-train {params.e[n_train]}"
             " --seed {params.e[seed]}"
             " --world {params.world} --target-size {params.d[target_size]} --ref-size {params.d[ref_size]} > {log} 2>&1"

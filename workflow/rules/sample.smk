@@ -1,4 +1,4 @@
-# Sampling (mosaic.sample): every trained run on each evaluation set of the studies using it, with the
+# Sampling (mosaic.inference.sampler): every trained run on each evaluation set of the studies using it, with the
 # per-reference attention maps; FLUX's flow-matching Euler sampler, evalsets.<family>.steps steps. On
 # held-out sets the same job measures the run's mechanism metrics (alignment accuracy, leakage), which
 # need the model, not the images.
@@ -34,7 +34,7 @@ rule sample:
         " --out {output} > {log} 2>&1"
 
 
-# The bounds of the image metrics on a held-out set (mosaic.bounds): its real target images (ceiling)
+# The bounds of the image metrics on a held-out set (mosaic.inference.bounds): its real target images (ceiling)
 # and the same scenes' backgrounds alone (floor), scored like any method's images.
 # Bound "base": the base model sampled from the prompt alone, no references (what the references add).
 BOUNDS = sorted({m for s in STUDIES for m in study_untrained(s) if METHODS[m].get("bound") in ("ceiling", "floor")})

@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    from mosaic.runfolder import MANIFEST_FILE, atomic_dir
-    from mosaic.tracking.run import provenance
+    from mosaic.infra.runfolder import MANIFEST_FILE, atomic_dir
+    from mosaic.infra.tracking.run import provenance
     from workflow.lib.figures import sample_sheet
 
     cfg = json.loads(args.metrics_config.read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mosaic.tracking.store import check_generation, store_uri
+    from mosaic.infra.tracking.store import check_generation, store_uri
     from workflow.lib import gallery
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

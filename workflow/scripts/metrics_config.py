@@ -2,7 +2,7 @@
 
     python workflow/scripts/metrics_config.py (--base FILE | --profile paper) --overrides JSON --out FILE
 
-The base is the tiny-world evaluators' config (written by metrics.evaluators) or a metrics.config
+The base is the tiny-world evaluators' config (written by metrics.tiny_evaluators) or a metrics.config
 profile; the workflow config's metrics.config sections are merged over it (metrics.config.merge).
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from metrics.config import load_config, merge
-    from mosaic.artefacts import check_artefact
-    from mosaic.runfolder import atomic_write
+    from mosaic.infra.artefacts import check_artefact
+    from mosaic.infra.runfolder import atomic_write
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     base = p.add_mutually_exclusive_group(required=True)

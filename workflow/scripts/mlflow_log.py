@@ -3,7 +3,7 @@
     python workflow/scripts/mlflow_log.py --store results/mlflow --experiment ablation \
         [--train RUN_DIR] [--evals EVAL_DIR ...] [--evaluators DIR] --tags JSON --out MARKER.json
 
-The training run is copied from the run folder's own store (mosaic.tracking.store.copy_run); each
+The training run is copied from the run folder's own store (mosaic.infra.tracking.store.copy_run); each
 evaluation record becomes a run tagged kind=eval with the training's new run id (train_run_id), over
 the evaluation job's own start and end times (record.json), nested under the training run in the UI
 (tag mlflow.parentRunId). Evaluations without a training (the bounds) stay top-level runs: a bound is
@@ -22,8 +22,8 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's nested runs: the UI lists a run un
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mosaic.runfolder import RUN_ID_FILE, atomic_write
-    from mosaic.tracking import store as ms
+    from mosaic.infra.runfolder import RUN_ID_FILE, atomic_write
+    from mosaic.infra.tracking import store as ms
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True, type=Path)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"metrics": {f"evaluators/{k}": v for k, v in validation.items() if isinstance(v, (int, float))},
                   "params": {k: v for k, v in validation.items() if not isinstance(v, (int, float))},
                   "artifacts": ["validation.json", "metrics_config.json"]}
-        from mosaic.tracking.run import provenance  # this checkout: the one that trained them
+        from mosaic.infra.tracking.run import provenance  # this checkout: the one that trained them
 
         marker["train_run_id"] = ms.log_record(uri, args.experiment, f"evaluators:{args.evaluators}",
                                                "tiny-world evaluators", record, args.evaluators,

@@ -4,11 +4,11 @@
         [--benchmarks-root DIR] [--limit N]) --seeds 0 1 --steps 8 [--ref-preprocess upstream|fit]
         [--mechanism] --out DIR
 
-Samples every prompt with `mosaic.sample.sample_run` (images, per-reference attention maps and the
+Samples every prompt with `mosaic.inference.sampler.sample_run` (images, per-reference attention maps and the
 manifest `mosaic eval` reads). With --mechanism (a --dataset with correspondences) it also
-measures the run's held-out alignment accuracy and leakage (mosaic.mechanism, teacher-forced) and
+measures the run's held-out alignment accuracy and leakage (mosaic.inference.mechanism, teacher-forced) and
 writes mechanism.json and mechanism.png into the folder: the model is loaded once
-(`mosaic.sample.Sampler.from_run`) for both. The folder appears complete (mosaic.runfolder.atomic_dir).
+(`mosaic.inference.sampler.Sampler.from_run`) for both. The folder appears complete (mosaic.infra.runfolder.atomic_dir).
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ import torch
 
 def mechanism(sampler, run: Path, data: Path) -> tuple[dict, list, str]:
     """The held-out mechanism metrics (shares in [0, 1]) of a loaded run on a dataset with correspondences
-    (mosaic.mechanism.evaluate, teacher-forced): (results, figure rows, figure title)."""
-    from mosaic import mechanism as mech
+    (mosaic.inference.mechanism.evaluate, teacher-forced): (results, figure rows, figure title)."""
+    from mosaic.inference import mechanism as mech
     from mosaic.config import load_config
     from mosaic.data.dataset import load_dataset
-    from mosaic.runfolder import CONFIG_FILE
+    from mosaic.infra.runfolder import CONFIG_FILE
 
     cfg = load_config(run / CONFIG_FILE)
     ds = load_dataset(str(data), cfg, sampler.codec, sampler.model.max_refs)
@@ -39,7 +39,7 @@ def mechanism(sampler, run: Path, data: Path) -> tuple[dict, list, str]:
 
 def write_mechanism(results: dict, rows: list, title: str, out: Path) -> None:
     """mechanism.json and, with figure rows, mechanism.png into the folder `out`."""
-    from mosaic import mechanism as mech
+    from mosaic.inference import mechanism as mech
 
     (out / "mechanism.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     if rows:
@@ -47,8 +47,8 @@ def write_mechanism(results: dict, rows: list, title: str, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mosaic.runfolder import atomic_dir
-    from mosaic.sample import Sampler, benchmark_requests, dataset_requests, sample_run
+    from mosaic.infra.runfolder import atomic_dir
+    from mosaic.inference.sampler import Sampler, benchmark_requests, dataset_requests, sample_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, type=Path)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance on the prompt (1: off)")
     p.add_argument("--ref-preprocess", choices=["upstream", "fit"], default="upstream",
-                   help="references: upstream MOSAIC's process_image, or a centre crop (mosaic.sample)")
+                   help="references: upstream MOSAIC's process_image, or a centre crop (mosaic.inference.sampler)")
     p.add_argument("--mechanism", action="store_true", help="also the held-out mechanism metrics on --dataset")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)

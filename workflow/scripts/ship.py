@@ -2,7 +2,7 @@
 
     python workflow/scripts/ship.py --base RUN_DIR --evaluators DIR --out FOLDER --command CMD --record JSON
 
-FOLDER gets base/ (the base run's transformer), evaluators/ and provenance.json (mosaic.artefacts.ship:
+FOLDER gets base/ (the base run's transformer), evaluators/ and provenance.json (mosaic.infra.artefacts.ship:
 the command, the workflow settings in --record, the base run's resolved config, its steps and seed,
 the git sha, package versions and each file's sha256).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    from mosaic.artefacts import ship
-    from mosaic.runfolder import BASE_DIR, CONFIG_FILE
+    from mosaic.infra.artefacts import ship
+    from mosaic.infra.runfolder import BASE_DIR, CONFIG_FILE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, type=Path, help="the base model's run folder")

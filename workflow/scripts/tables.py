@@ -19,7 +19,7 @@ TABLES = ("ablation", "sweep", "scaling", "main", "xversebench")  # the --out-<n
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mosaic.tracking.store import check_generation, store_uri
+    from mosaic.infra.tracking.store import check_generation, store_uri
     from workflow.lib import figures, tables
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

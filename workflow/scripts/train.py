@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from mosaic.config import load_config
-    from mosaic.runfolder import atomic_write
+    from mosaic.infra.runfolder import atomic_write
     from mosaic.train import digest_inputs, reset_stale_output, train
 
     marker = args.out.resolve()

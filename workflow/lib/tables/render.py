@@ -13,12 +13,12 @@ from typing import Any
 
 import pandas as pd
 
-from mosaic.runfolder import atomic_file, atomic_write
+from mosaic.infra.runfolder import atomic_file, atomic_write
 
 from .summarise import COVERAGE, NUMERIC, display_metrics
 
 def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write `table` to `path` atomically (mosaic.runfolder.atomic_file); returns the path."""
+    """Write `table` to `path` atomically (mosaic.infra.runfolder.atomic_file); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:

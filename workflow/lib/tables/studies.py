@@ -51,7 +51,7 @@ def scaling_table(long: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """method x train K x n over seeds, from the study's tidy table."""
     metrics = metric_names(long)
     t = summarise(long, ["method", "ktrain", "n"], metrics)
-    # ktrain 0: a bound of the image metrics (mosaic.bounds), which trains nothing
+    # ktrain 0: a bound of the image metrics (mosaic.inference.bounds), which trains nothing
     t["ktrain"] = pd.to_numeric(t["ktrain"], errors="coerce").fillna(0).astype(int)
     t["n"] = t["n"].astype(int)
     t = _order(t.sort_values(["ktrain", "n"]), methods)

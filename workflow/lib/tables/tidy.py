@@ -34,7 +34,7 @@ def load_runs(tracking_uri: str, experiment: str, kind: str = "eval") -> pd.Data
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    from mosaic.tracking import retry
+    from mosaic.infra.tracking import retry
 
     retry.client(tracking_uri)  # opens the store with the retry settings (busy timeout, locked-open retries)
     mlflow.set_tracking_uri(tracking_uri)

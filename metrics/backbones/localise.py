@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from mosaic.data.sample import DataError, load_image
+from mosaic.data.records import DataError, load_image
 
-from .manifest import RefInput
-from .registry import MetricUnavailable
+from ..manifest import RefInput
+from ..registry import MetricUnavailable
 
 
 class NotLocalisable(Exception):

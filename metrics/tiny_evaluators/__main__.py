@@ -1,4 +1,4 @@
-"""`python -m metrics.evaluators OUT`: train and check the tiny-world CLIP and DINO into OUT.
+"""`python -m metrics.tiny_evaluators OUT`: train and check the tiny-world CLIP and DINO into OUT.
 
 Why it exists: the workflow's `tiny_evaluators` rule runs it once per results folder.
 """
@@ -13,7 +13,7 @@ from . import train_evaluators
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m metrics.evaluators", description=train_evaluators.__doc__)
+    p = argparse.ArgumentParser(prog="python -m metrics.tiny_evaluators", description=train_evaluators.__doc__)
     p.add_argument("out", type=Path)
     p.add_argument("--clip-steps", type=int, default=1200)
     p.add_argument("--dino-steps", type=int, default=400)

@@ -11,7 +11,7 @@ on train-split identities only. Training is kept out of the scoring modules: `me
 - `validation`: ROC-AUCs and caption retrieval on test-split identities, which training never saw;
 - `shape_training`: the places world's shape classifier (`Shape-Acc`), trained on real place crops.
 
-`train_evaluators(out)` (or `python -m metrics.evaluators OUT`) writes `clip/` and `dino/`
+`train_evaluators(out)` (or `python -m metrics.tiny_evaluators OUT`) writes `clip/` and `dino/`
 (loadable as `local-dir:` models), in the places world `shape/`, `metrics_config.json` (the tiny profile's metrics config) and
 `validation.json`. Their numbers are tiny-world numbers: comparable within this world only.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mosaic.data.synthetic import SyntheticConfig
-from mosaic.runfolder import atomic_dir
+from mosaic.infra.runfolder import atomic_dir
 
 from ..clip import ClipModel
 from ..dino import DinoModel

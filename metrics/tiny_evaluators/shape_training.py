@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mosaic.artefacts import check_artefact
+from mosaic.infra.artefacts import check_artefact
 from mosaic.data.synthetic import SyntheticConfig, generate_sample, sample_k
 
 EMPTY = "none"

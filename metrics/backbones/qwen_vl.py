@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .registry import MetricUnavailable
+from ..registry import MetricUnavailable
 
 
 class QwenVL:

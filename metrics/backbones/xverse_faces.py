@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .irse50 import load_irse50, load_state_dict
-from .registry import MetricUnavailable
+from ..registry import MetricUnavailable
 
 EXPAND = 1.3  # XVerse's box expansion before re-detection
 ALIGN_SIZE = (112, 112)

@@ -3,7 +3,7 @@
 Why it exists: parallel jobs racing on a fresh sqlite store's schema migration break it, so the
 store (sqlite + artifacts under one folder) and its experiments are created once, before any
 job (`ensure_store`, the Snakefile's `onstart`), as model-training experiments (MLflow 3's
-experiment kind, mosaic.tracking.run.mark_model_training). Jobs then only add runs. A training logs
+experiment kind, mosaic.infra.tracking.run.mark_model_training). Jobs then only add runs. A training logs
 into its own run folder's store (it keeps its per-step metrics there); `copy_run` copies that run
 (params, tags, every metric's full history, artifacts, its start and end times) into a study's
 experiment, and `log_record` logs an evaluation record (over the evaluation's own start and end times
@@ -13,7 +13,7 @@ rerun never duplicates runs and a deleted store is rebuilt by logging again from
 workflow names each store by a generation id (file `generation`, renewed when the store is missing)
 and passes it to every job that logs into the store, so those jobs rerun when the store is new
 (`check_generation`). Every store call is retried while another job holds the sqlite lock
-(mosaic.tracking.retry); `_replace` (delete the key's runs, create one) is retried as a whole, so a
+(mosaic.infra.tracking.retry); `_replace` (delete the key's runs, create one) is retried as a whole, so a
 run an earlier attempt created is deleted again.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _experiment_id(client, name: str) -> str:
     exp = _call(client, "get_experiment_by_name", name)
     if exp is None:
         raise RuntimeError(f"{client.tracking_uri}: no experiment {name!r}; the store is created with its experiments "
-                           f"by the workflow's onstart (mosaic.tracking.store.ensure_store)")
+                           f"by the workflow's onstart (mosaic.infra.tracking.store.ensure_store)")
     return exp.experiment_id
 
 

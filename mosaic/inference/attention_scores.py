@@ -1,7 +1,7 @@
 """Scores of reference->target attention against ground truth: alignment and leakage.
 
-Why it exists: the trainer's held-out evaluation (mosaic.mechanism) and the metrics suite's
-mechanism metrics (metrics.mechanism) must score attention with the same pure functions.
+Why it exists: the trainer's held-out evaluation (mosaic.inference.mechanism) and the metrics suite's
+mechanism metrics (metrics.attention) must score attention with the same pure functions.
 
 - alignment accuracy: the share of annotated reference points whose argmax target token
   lies within 1 token (Chebyshev distance on the target token grid) of its ground truth.

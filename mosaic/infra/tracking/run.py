@@ -5,7 +5,7 @@ provenance (tags: variant, profile, git sha, seed, package versions), per-step m
 its artifacts. A restarted training must continue that run, not open a second one, so the
 run id is stored in the output folder and reused. Metrics are buffered and written in
 batches so logging does not slow the training loop. Every store call is retried while the sqlite
-store is locked by another job (mosaic.tracking.retry); creating the run is the one write that is not
+store is locked by another job (mosaic.infra.tracking.retry); creating the run is the one write that is not
 idempotent, so a retried create first looks for the run an earlier attempt may have committed.
 Experiments it creates, or finds without a kind, are marked as model-training experiments
 (`mark_model_training`), MLflow 3's record of what an experiment holds (it is not GenAI traces). The UI

@@ -4,7 +4,7 @@ Why it exists: SCAL should make each annotated reference token attend to its cor
 target token, and MDL should keep each reference's attention off the other subjects. These
 are measured directly on the val split after training, at fixed timesteps and seeded noise,
 with the same attention map the losses use (head- and block-averaged, softmax over target
-keys, the blocks of `loss.blocks`), scored by the pure functions of mosaic.attention_scores:
+keys, the blocks of `loss.blocks`), scored by the pure functions of mosaic.inference.attention_scores:
 
 - alignment accuracy: the share of annotated reference points whose argmax target token is
   within 1 token (Chebyshev distance on the token grid) of the ground-truth token;
@@ -34,11 +34,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .attention_scores import mask_shares, point_hits, subject_leakage
-from .config import Config
-from .data.dataset import collate
-from .flow import add_noise, encode_batch, guidance_for, step_generator, velocity
-from .losses import AttentionProbe, LossConfig, reference_distributions
-from .runfolder import ATTENTION_FIGURE, METRICS_FILE, atomic_file, atomic_write
+from ..config import Config
+from ..data.dataset import collate
+from ..flow import add_noise, encode_batch, guidance_for, step_generator, velocity
+from ..losses import AttentionProbe, LossConfig, reference_distributions
+from ..infra.runfolder import ATTENTION_FIGURE, METRICS_FILE, atomic_file, atomic_write
 
 
 @torch.no_grad()

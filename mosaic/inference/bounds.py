@@ -2,7 +2,7 @@
 the same scenes with no subject drawn, their exact backgrounds (the floor).
 
 Why it exists: a table of DINO, CLIP-I or CLIP-T values means little without the scale they live on in
-this world. The bounds are written as a sample folder with a manifest (mosaic.sample.write_outputs),
+this world. The bounds are written as a sample folder with a manifest (mosaic.inference.sampler.write_outputs),
 so the metrics score them exactly as they score a method's images, one image per (scene, seed): the
 images do not depend on the seed, so their seed-to-seed spread is zero.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data.sample import read_manifest, read_metadata
-from .data.synthetic import SyntheticConfig, background_only
-from .sample import Request, dataset_requests, write_outputs
+from ..data.records import read_manifest, read_metadata
+from ..data.synthetic import SyntheticConfig, background_only
+from .sampler import Request, dataset_requests, write_outputs
 
 BOUNDS = ("ceiling", "floor")
 

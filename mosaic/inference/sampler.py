@@ -41,17 +41,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .components import build_components
-from .artefacts import PROVENANCE_FILE
-from .config import from_dict, load_config
-from .data.benchmarks import benchmark_record, load_benchmark
-from .data.sample import load_image, read_manifest
-from .extension import attach_extension
-from .flow import Encoded, guidance_for, velocity
-from .losses import AttentionProbe, LossConfig
-from .runfolder import BASE_DIR, CONFIG_FILE, LORA_FILE, MANIFEST_FILE, atomic_dir
+from ..components import build_components
+from ..infra.artefacts import PROVENANCE_FILE
+from ..config import from_dict, load_config
+from ..data.benchmarks import benchmark_record, load_benchmark
+from ..data.records import load_image, read_manifest
+from ..extension import attach_extension
+from ..flow import Encoded, guidance_for, velocity
+from ..losses import AttentionProbe, LossConfig
+from ..infra.runfolder import BASE_DIR, CONFIG_FILE, LORA_FILE, MANIFEST_FILE, atomic_dir
 
-SHIPPED_BASE = "base"  # the base transformer's folder in a shipped artefacts folder (mosaic.artefacts.ship)
+SHIPPED_BASE = "base"  # the base transformer's folder in a shipped artefacts folder (mosaic.infra.artefacts.ship)
 
 # FLUX.1-dev scheduler/scheduler_config.json
 FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from ..runfolder import atomic_dir
+from ..infra.runfolder import atomic_dir
 
 MANIFEST = "manifest.jsonl"
 METADATA = "dataset.json"

@@ -1,6 +1,6 @@
 """Mechanism metrics: alignment accuracy and leakage of reference->target attention.
 
-The scores are mosaic.attention_scores' (the trainer's held-out evaluation uses the same);
+The scores are mosaic.inference.attention_scores' (the trainer's held-out evaluation uses the same);
 registered here so that `mosaic eval` reports them next to the image metrics when a manifest
 line carries an attention file (format in `metrics.manifest`).
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mosaic.attention_scores import alignment_accuracy, leakage, reference_maps
-from mosaic.data.sample import DataError
+from mosaic.inference.attention_scores import alignment_accuracy, leakage, reference_maps
+from mosaic.data.records import DataError
 
 from .manifest import Item
 from .registry import Metric, Row, register
@@ -44,7 +44,7 @@ def read_attention(item: Item) -> tuple[list[np.ndarray], list[np.ndarray], np.n
 class _Mechanism(Metric):
     inputs = ("attention", "references")
     config_key = "mechanism"
-    protocols = ("mosaic",)  # the MOSAIC paper's definitions, coded in mosaic.attention_scores
+    protocols = ("mosaic",)  # the MOSAIC paper's definitions, coded in mosaic.inference.attention_scores
     procedure: str
 
     def identity(self) -> dict[str, str]:
