@@ -9,8 +9,8 @@
 # Outputs go under config `results`: results/ (tiny), results-paper/ (paper), so the two profiles never
 # share a job, a file or an MLflow store.
 #
-# Grids (workflow/rules/common.smk): every training is one (method, ktrain, seed) instance of a
-# Paramspace, shared by the studies that use it; every evaluation one (training, evalset).
+# Grids (planned in workflow/lib/plan.py, a Paramspace in workflow/rules/common.smk): every training is one
+# (method, ktrain, seed) instance, shared by the studies that use it; every evaluation one (training, evalset).
 # MLflow: one sqlite store under <results>/mlflow/, created once in `onstart` with its generation id
 # (a param of every logging job: a new store reruns them); the `mlflow_log` jobs (re)log finished
 # trainings and evaluations into it, one experiment per study.

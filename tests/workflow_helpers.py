@@ -32,8 +32,8 @@ def micro_config() -> dict:
 def micro_run_counts(cfg: dict | None = None) -> tuple[int, int]:
     """(evaluation runs, trainings) the ablation study of `cfg` (default: the micro config) logs: one training
     per trained method x ktrain x seed, evaluated on each of the study's sets, and one evaluation per untrained
-    method (a bound or an official release, as common.smk's `untrained`) and set. Derived here once, so a new
-    bound or seed changes every test's count."""
+    method (a bound or an official release, as workflow/lib/plan.py's `Plan.untrained`) and set. Derived here
+    once, so a new bound or seed changes every test's count."""
     cfg = cfg or micro_config()
     study = cfg["studies"]["ablation"]
     untrained = [m for m in study["methods"] if any(cfg["methods"][m].get(k) for k in ("bound", "official"))]

@@ -93,11 +93,11 @@ def test_paper_profile_config_is_the_workflows():
     sys.path.insert(0, str(ROOT / "bench"))
     from memory_plan import profile_overrides
 
-    cfg = load_config(None, profile_overrides(ROOT / "workflow" / "config" / "paper.yaml"))
+    cfg = load_config(None, profile_overrides(ROOT / "workflow" / "config" / "paper.yaml", 4))
     paper = yaml.safe_load((ROOT / "workflow" / "config" / "paper.yaml").read_text())["training"]
     assert cfg.model.flavour == paper["common"]["model.flavour"] == "flux-dev"
     assert cfg.model.lora_rank == paper["lora"]["model.lora_rank"] and cfg.model.gradient_checkpointing
-    assert cfg.train.precision == "bf16" and cfg.data.target_size == 512
+    assert cfg.train.precision == "bf16" and cfg.data.target_size == 512 and cfg.data.train.endswith("train_k4")
 
 
 @pytest.mark.slow

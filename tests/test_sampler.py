@@ -12,6 +12,7 @@ from PIL import Image
 
 from metrics.manifest import read_items
 from mosaic.cli import main
+from mosaic.components import Components
 from mosaic.config import load_config
 from mosaic.data.synthetic import generate_dataset
 from mosaic.model import build_codec, build_model, build_text_encoder
@@ -26,7 +27,7 @@ def sampler():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
-    return Sampler(model, build_codec("debug"), build_text_encoder("debug"), 96, 48)
+    return Sampler(Components(model, build_codec("debug"), build_text_encoder("debug"), torch.device("cpu")), 96, 48)
 
 
 def refs(k, seed=0):
@@ -137,6 +138,6 @@ def test_benchmark_manifest_references_resolve_from_the_manifest(tmp_path, monke
     root = os.path.relpath(shared)
     requests = benchmark_requests("xversebench", "multi", root)[:1]
     out = write_outputs(lambda req, seed: (np.zeros((8, 8, 3), np.uint8), None), requests, [0], tmp_path / "s",
-                        "m", {}, {})
+                        "m", {})
     item = read_items(out / "manifest.jsonl")[0]
     assert item.references and all(Path(r.image).is_file() for r in item.references)
