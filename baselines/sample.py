@@ -32,7 +32,8 @@ def sample_baseline(name: str, requests: list[Request], seeds: list[int], out: s
     info = {"baseline": name, **{k: str(v) for k, v in kwargs.items()}}
     settings = {**getattr(b, "settings", {}), **({"protocol": b.PROTOCOL} if getattr(b, "PROTOCOL", None) else {}),
                 "seeds": list(seeds)}
-    return write_outputs(generate, requests, seeds, out, method or name, info, settings, overwrite)
+    meta = {"model": info, "settings": settings}
+    return write_outputs(generate, requests, seeds, out, method or name, meta, overwrite)
 
 
 def run(args: argparse.Namespace) -> int:

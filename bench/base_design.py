@@ -29,7 +29,7 @@ from mosaic.config import load_config
 from mosaic.data.records import read_manifest
 from mosaic.model.flavours import FLAVOURS
 from mosaic.infra.runfolder import MANIFEST_FILE, atomic_file
-from mosaic.inference.sampler import Request, Sampler, dataset_requests, sample_run
+from mosaic.inference.sampler import Request, Sampler, Sampling, dataset_requests, sample_run
 from mosaic.train import train
 
 
@@ -96,8 +96,8 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         s = Sampler.from_run(out)
         for scale in a.cfg:
-            folder = sample_run(s, prompts, [0], out / f"samples_cfg{scale:g}", a.sample_steps, overwrite=True,
-                                cfg_scale=scale)
+            folder = sample_run(s, prompts, [0], out / f"samples_cfg{scale:g}",
+                                Sampling(a.sample_steps, cfg_scale=scale), overwrite=True)
             items = read_items(folder / MANIFEST_FILE)
             sheet([np.asarray(Image.open(it.image).convert("RGB")) for it in items], out / f"sheet_cfg{scale:g}.png")
             score = clip_t(items, metrics_cfg)

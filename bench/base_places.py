@@ -47,7 +47,7 @@ def score(images: list[np.ndarray], items, clf) -> dict[str, float]:
 def main() -> None:
     from metrics.tiny_evaluators.shape_training import load_shape_classifier
     from mosaic.data.synthetic import generate_dataset, world_config
-    from mosaic.inference.sampler import dataset_requests, sample_run
+    from mosaic.inference.sampler import Sampler, Sampling, dataset_requests, sample_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
@@ -77,8 +77,8 @@ def main() -> None:
         for seed in a.seeds:
             folder = a.out / "samples" / f"k{k}_s{seed}"
             if not (folder / "manifest.jsonl").is_file():
-                sample_run(a.artefacts, reqs, [seed], folder, a.steps, cfg_scale=a.cfg, method="base",
-                           ref_preprocess="fit", references=False, overwrite=True)
+                sample_run(Sampler.from_run(a.artefacts, ref_preprocess="fit"), reqs, [seed], folder,
+                           Sampling(a.steps, cfg_scale=a.cfg, references=False), method="base", overwrite=True)
             imgs = [np.asarray(Image.open(folder / "images" / f"{r.id}_s{seed}.png").convert("RGB")) for r in reqs]
             for m, v in score(imgs, items, clf).items():
                 row.setdefault(f"base {m}", []).append(v)

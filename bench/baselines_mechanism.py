@@ -54,8 +54,8 @@ def mechanism(run: Path, val: Path) -> dict[str, float]:
 
     s = Sampler.from_run(run, "cpu")
     cfg = load_config(run / "config.yaml")
-    ds = load_dataset(str(val), cfg, s.codec, s.model.max_refs)
-    results, _ = mech.evaluate(s.model, s.codec, s.text_encoder, ds, cfg, s.device, s.dtype, s.extension)
+    ds = load_dataset(str(val), cfg, s.parts.codec, s.model.max_refs)
+    results, _ = mech.evaluate(s.parts, ds, cfg)
     return results
 
 
@@ -83,11 +83,11 @@ def reference_shares(val: Path) -> dict[str, tuple[float, float, float]]:
 def image_metrics(run: Path, val: Path, evaluators: Path, n: int, steps: int, out: Path) -> dict[str, float]:
     from metrics.config import load_config as metrics_config
     from metrics.evaluate import AGGREGATE, evaluate_folder
-    from mosaic.inference.sampler import dataset_requests, sample_run
+    from mosaic.inference.sampler import Sampling, dataset_requests, sample_run
 
     import pandas as pd
 
-    folder = sample_run(run, dataset_requests(val)[:n], [0], out, steps=steps, overwrite=True)
+    folder = sample_run(run, dataset_requests(val)[:n], [0], out, Sampling(steps), overwrite=True)
     cfg = metrics_config(evaluators / "metrics_config.json", None)
     cfg = {k: v for k, v in cfg.items() if k in ("clip_i", "clip_t", "dino")}
     agg = pd.read_csv(evaluate_folder(folder, cfg) / AGGREGATE)

@@ -37,9 +37,9 @@ from mosaic.flow import encode_batch
 def probe(run: Path, val: Path, t: float, n: int) -> list[dict[str, float]]:
     s = Sampler.from_run(run, "cpu")
     cfg = load_config(run / "config.yaml")
-    ds = load_dataset(str(val), cfg, s.codec, s.model.max_refs)
+    ds = load_dataset(str(val), cfg, s.parts.codec, s.model.max_refs)
     b = collate([ds[i] for i in range(min(n, len(ds)))])
-    enc = encode_batch(b, b["prompt"], s.codec, s.text_encoder, s.device, s.dtype, with_refs=True)
+    enc = encode_batch(s.parts, b, b["prompt"], with_refs=True)
     seen = {}
     xt = (1 - t) * enc.x0 + t * torch.randn(enc.x0.shape, generator=torch.Generator().manual_seed(0))
     nb = len(xt)
@@ -47,7 +47,7 @@ def probe(run: Path, val: Path, t: float, n: int) -> list[dict[str, float]]:
     with torch.no_grad():
         s.model(xt, enc.refs, enc.ref_mask, enc.text, enc.pooled, torch.full((nb,), t), guidance,
                 target_grid=enc.target_grid, ref_grid=enc.ref_grid, attn_hook=lambda i, q, k, lay: seen.update(
-                    {i: (q, k, lay)}), **(s.extension.forward_kwargs(s.model, b, b["prompt"], enc) if s.extension else {}))
+                    {i: (q, k, lay)}), **(s.parts.ext.forward_kwargs(s.model, b, b["prompt"], enc) if s.parts.ext else {}))
     content = s.model.transformer.config.axes_dims_rope[0]
     masks, valid = b["token_masks"].flatten(2), b["point_mask"].any(-1)
     rows = []

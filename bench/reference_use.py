@@ -41,12 +41,12 @@ def reference_losses(sampler, dataset, n: int, ts, seed: int = 0, batch: int = 8
     from mosaic.data.dataset import collate
     from mosaic.flow import add_noise, encode_batch, guidance_for, velocity
 
-    model, dev, dt = sampler.model, sampler.device, sampler.dtype
+    model, dev, dt = sampler.model, sampler.parts.device, sampler.parts.dtype
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     sums: dict = {}
     for j in range(0, len(order), batch):  # each batch is encoded once and noised once, for every t
         b = collate([dataset[i] for i in order[j:j + batch]])
-        enc = encode_batch(b, b["prompt"], sampler.codec, sampler.text_encoder, dev, dt, with_refs=True)
+        enc = encode_batch(sampler.parts, b, b["prompt"], with_refs=True)
         noise = torch.randn(enc.x0.shape, generator=torch.Generator().manual_seed(seed * 100003 + j)).to(enc.x0)
         arms = {"own": enc, "other": other_scene(enc) if len(b["prompt"]) > 1 else None,
                 "none": dataclasses.replace(enc, refs=None, ref_mask=None, ref_grid=None)}
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| run | t | own | other | none | own / none - 1 | subject share |\n|---|---|---|---|---|---|---|")
     for run in args.runs:
         sampler = Sampler.from_run(run, "cpu")
-        ds = load_dataset(args.data, load_config(run / "config.yaml"), sampler.codec, sampler.model.max_refs)
+        ds = load_dataset(args.data, load_config(run / "config.yaml"), sampler.parts.codec, sampler.model.max_refs)
         res = reference_losses(sampler, ds, args.n, args.t, args.seed)
         for t in args.t:
             own, other, none = (res.get((t, a), float("nan")) for a in ARMS)

@@ -1,9 +1,15 @@
-"""The model, codec and text encoder a config describes, built the same way for training and sampling.
+"""The built parts a run carries (model, codec, text encoder, extension, device, dtype), built the same way
+for training and sampling.
 
 Why it exists: a LoRA or base weights trained by `mosaic train` load only into the model the
-trainer built, so the trainer and the sampler both build it here from the resolved config.
+trainer built, so the trainer and the sampler both build it here from the resolved config; and the
+model step (mosaic.flow), the sampler, the mechanism evaluation, the calibration and the trainer's
+finish all need the same six objects, so they take them as one `Components`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -12,8 +18,22 @@ from .config import Config
 from .model import LoraSpec, build_codec, build_model, build_text_encoder, get_flavour
 
 
-def build_components(cfg: Config, device: torch.device):
-    """(model, codec, text encoder) for the config's flavour; model on `device`, fp32 master weights."""
+@dataclass
+class Components:
+    """A run's built parts: the MosaicTransformer, its codec and text encoder, the extension (a controlled
+    baseline's modules; None for MOSAIC), the device and the dtype the model computes in."""
+
+    model: Any
+    codec: Any
+    text_encoder: Any
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    ext: Any = None
+
+
+def build_components(cfg: Config, device: torch.device, dtype: torch.dtype = torch.float32) -> Components:
+    """The config's flavour built on `device` (model with fp32 master weights; `dtype` is what it computes in);
+    no extension yet (the trainer sets one up, the sampler loads a run's: mosaic.extension)."""
     mc = cfg.model
     if mc.weights is not None:
         check_artefact(mc.weights)  # a shipped base: refused if its bytes disagree with its provenance
@@ -30,4 +50,4 @@ def build_components(cfg: Config, device: torch.device):
     codec = build_codec(mc.flavour, mc.weights)
     if getattr(codec, "vae", None) is not None:
         codec.vae.to(device)
-    return model, codec, build_text_encoder(mc.flavour, mc.weights, **text_kw)
+    return Components(model, codec, build_text_encoder(mc.flavour, mc.weights, **text_kw), device, dtype)

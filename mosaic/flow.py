@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .components import Components
 
 X0_MIN_T = 0.05  # x0-prediction: the smallest t its velocity divides by
 
@@ -40,13 +43,15 @@ def step_generator(seed: int, *stream: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def encode_batch(batch: dict[str, Any], prompts: list[str], codec, text_encoder, device, dtype,
-                 with_refs: bool, generator: torch.Generator | None = None) -> Encoded:
-    """Target (and, with_refs, references) through the codec, prompts through the text encoder.
+def encode_batch(parts: Components, batch: dict[str, Any], prompts: list[str], with_refs: bool,
+                 generator: torch.Generator | None = None) -> Encoded:
+    """Target (and, with_refs, references) through the run's codec, prompts through its text encoder, onto its
+    device and dtype.
 
     With a `generator` the target is a posterior draw (upstream's training: `latent_dist.sample()`), the references
     the posterior mode; samples flagged in batch["ref_zero"] (image dropout, upstream's way) get zero reference
     latents, kept as tokens."""
+    codec, device, dtype = parts.codec, parts.device, parts.dtype
     target = batch["target"].to(device)
     x0 = codec.encode(target, generator).to(dtype)
     refs = ref_mask = ref_grid = None
@@ -57,7 +62,7 @@ def encode_batch(batch: dict[str, Any], prompts: list[str], codec, text_encoder,
         if "ref_zero" in batch:
             refs = refs.masked_fill(batch["ref_zero"].to(device)[:, None, None, None], 0)
         ref_mask, ref_grid = batch["ref_mask"].to(device), codec.grid(*r.shape[-2:])
-    text, pooled = text_encoder.encode(prompts)
+    text, pooled = parts.text_encoder.encode(prompts)
     return Encoded(x0, refs, ref_mask, text.to(device, dtype), pooled.to(device, dtype),
                    codec.grid(*target.shape[-2:]), ref_grid)
 

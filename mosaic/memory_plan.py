@@ -168,7 +168,7 @@ def _saved_elements(model, tokens: Tokens) -> float:
             seen[s.data_ptr()] = s.nbytes() // t.element_size()
         return t
 
-    tr, txt = model.transformer, model.flavour.text
+    tr = model.transformer
     nt, nr = math.prod(tokens.target), math.prod(tokens.ref)
     g = torch.Generator().manual_seed(0)
     x = dict(target=torch.randn(1, nt, tr.config.in_channels, generator=g),

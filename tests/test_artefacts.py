@@ -120,14 +120,14 @@ def test_the_metric_loaders_refuse_shipped_evaluators_whose_bytes_changed(tmp_pa
     from metrics.clip import ClipModel
     from metrics.config import load_config as load_metrics
     from metrics.dino import DinoModel
-    from metrics.tiny_evaluators import train_evaluators
+    from metrics.tiny_evaluators import EvaluatorSettings, train_evaluators
     from mosaic.infra.artefacts import ship
 
     from metrics.tiny_evaluators.shape_training import load_shape_classifier
     from mosaic.data.synthetic import world_config
 
-    train_evaluators(tmp_path / "trained", clip_steps=2, dino_steps=1, n_train=12, log=lambda *a: None,
-                     cfg=world_config("places", target_size=72, ref_size=24), shape_steps=2)
+    train_evaluators(tmp_path / "trained", EvaluatorSettings(clip_steps=2, dino_steps=1, shape_steps=2, n_train=12),
+                     cfg=world_config("places", target_size=72, ref_size=24), log=lambda *a: None)
     out = tmp_path / "artefacts"
     ship({"evaluators": tmp_path / "trained"}, out, "snakemake ship", {})
     cfg = load_metrics(out / "evaluators" / "metrics_config.json", None)  # relative paths: the shipped copy

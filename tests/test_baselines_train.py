@@ -41,7 +41,7 @@ def test_controlled_baseline_trains_two_steps_and_generates(name, data, tmp_path
     again = get_baseline(name)(run=out).generate(rec["prompt"], refs, seed=0, steps=2, phrases=phrases)
     assert img.size == (96, 96) and np.array_equal(np.asarray(img), np.asarray(again))
     if name in ("dreamo", "xverse"):  # the reloaded extension is the trained one
-        ext = baseline.sampler().extension
+        ext = baseline.sampler().parts.ext
         assert ext is not None and type(ext).__name__.lower().startswith(name)
         sd = ext.state_dict(baseline.sampler().model)
         assert all(torch.equal(sd[k], v) for k, v in weights.items())

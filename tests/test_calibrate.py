@@ -52,9 +52,10 @@ def test_measured_norms_equal_an_independent_autograd(tmp_path, data):
 
     cfg = config(tmp_path, data, "loss.calibrate_batches=1")
     device, _, _ = setup_distributed()
-    model, codec, text = build_components(cfg, device)
-    stages = data_stages(cfg, codec, model.max_refs, 0, 1)
-    m = gradient_norms(model, cfg, batch_stream(stages, 0, 1), codec, text, device, torch.float32)
+    parts = build_components(cfg, device)
+    model = parts.model
+    stages = data_stages(cfg, parts.codec, model.max_refs, 0, 1)
+    m = gradient_norms(parts, cfg, batch_stream(stages, 0, 1))
 
     class Engine(torch.nn.Module):  # what forward_losses calls: engine(...) and engine.module
         def __init__(self):
@@ -67,7 +68,7 @@ def test_measured_norms_equal_an_independent_autograd(tmp_path, data):
     engine = Engine()
     batch = next(batch_stream(stages, 0, 1))
     prompts = list(batch["prompt"])
-    enc = encode_batch(batch, prompts, codec, text, device, torch.float32, with_refs=True)
+    enc = encode_batch(parts, batch, prompts, with_refs=True)
     unit = dataclasses.replace(cfg, loss=LossConfig(alpha=1.0, beta=1.0))
     losses = forward_losses(engine, enc, batch, prompts, unit, 0, step_generator(cfg.train.seed, 0, 0))
     params = [p for p in engine.module.parameters() if p.requires_grad]

@@ -8,7 +8,7 @@ has. After the collage, every kept point must still join two pixels of the same 
 import numpy as np
 import pytest
 
-from mosaic.data.collage import build_collage, join_phrases, write_collages
+from mosaic.data.collage import CollageLayout, build_collage, join_phrases, write_collages
 from mosaic.data.records import DataError, DatasetWriter, Reference, Sample, iter_samples
 from mosaic.data.validate import validate_dataset
 
@@ -43,7 +43,8 @@ def _check_colours(s: Sample):
 @pytest.mark.parametrize("seed", range(8))
 def test_points_land_on_their_colour_and_masks_are_disjoint(seed, step):
     sources = [_source(i, step=step) for i in range(3)]
-    s = build_collage(sources, seed=seed, canvas_size=(96, 128), scale_range=(0.4, 1.3), flip_prob=0.5)
+    s = build_collage(sources, seed=seed, layout=CollageLayout(canvas_size=(96, 128), scale_range=(0.4, 1.3),
+                                                      flip_prob=0.5))
     assert s.k == 3 and s.masks.shape == (3, 96, 128) and s.target.shape == (96, 128, 3)
     assert s.masks.sum(0).max() == 1  # disjoint
     _check_colours(s)
@@ -71,7 +72,7 @@ def _check_geometry(s, sources):
 
 def test_exact_at_scale_one_with_flip():
     sources = [_source(0, step=8), _source(1, step=8)]  # sparse: most pixels are plain resampling
-    s = build_collage(sources, seed=3, canvas_size=(128, 128), scale_range=(1, 1), flip_prob=1.0)
+    s = build_collage(sources, seed=3, layout=CollageLayout(canvas_size=(128, 128), scale_range=(1, 1), flip_prob=1.0))
     _check_colours(s)
     _check_geometry(s, sources)
     for k, pl in enumerate(s.meta["placements"]):  # the visible subject is its source, mirrored, translated
@@ -87,7 +88,8 @@ def test_exact_at_scale_one_with_flip():
 def test_occluded_points_are_dropped():
     # Full-rectangle subjects at scale 1 on a canvas too narrow for both: they must overlap.
     a, b = _source(0, ellipse=False), _source(1, ellipse=False)
-    s = build_collage([a, b], seed=0, canvas_size=(64, 80), scale_range=(1, 1), flip_prob=0, min_visible=0.05)
+    s = build_collage([a, b], seed=0,
+                      layout=CollageLayout(canvas_size=(64, 80), scale_range=(1, 1), flip_prob=0, min_visible=0.05))
     p0, p1 = s.meta["placements"]
     # Independent expectation: at scale 1 a point moves by (top - box top, left - box left);
     # source 0's points under source 1's rectangle are hidden.
@@ -106,9 +108,10 @@ def test_occluded_points_are_dropped():
 
 def test_deterministic_and_configurable_prompt():
     src = [_source(0), _source(1)]
-    a = build_collage(src, seed=5, canvas_size=(96, 96), prompt="a photo of {subjects}")
-    b = build_collage(src, seed=5, canvas_size=(96, 96), prompt="a photo of {subjects}")
-    c = build_collage(src, seed=6, canvas_size=(96, 96), prompt=lambda ph: " | ".join(ph))
+    layout = CollageLayout(canvas_size=(96, 96))
+    a = build_collage(src, seed=5, layout=layout, prompt="a photo of {subjects}")
+    b = build_collage(src, seed=5, layout=layout, prompt="a photo of {subjects}")
+    c = build_collage(src, seed=6, layout=layout, prompt=lambda ph: " | ".join(ph))
     assert (a.target == b.target).all() and a.meta == b.meta
     assert a.prompt == "a photo of subject 0 and subject 1" and c.prompt == "subject 0 | subject 1"
     assert a.meta["placements"] != c.meta["placements"]
@@ -118,7 +121,7 @@ def test_deterministic_and_configurable_prompt():
 def test_impossible_layout_and_bad_sources_raise():
     src = [_source(0, ellipse=False), _source(1, ellipse=False)]
     with pytest.raises(ValueError, match="no layout"):  # same size as the canvas: one hides the other
-        build_collage(src, seed=0, canvas_size=(40, 48), scale_range=(1, 1), max_tries=5)
+        build_collage(src, seed=0, layout=CollageLayout(canvas_size=(40, 48), scale_range=(1, 1), max_tries=5))
     two = Sample("two", "p", src[0].target, src[0].references * 2, np.concatenate([src[0].masks] * 2))
     with pytest.raises(DataError, match="sample two: collage sources must have K = 1"):
         build_collage([two], seed=0)
@@ -131,8 +134,8 @@ def test_write_collages(tmp_path):
         twin = _source(0)  # a second sample of subject 0: never in one collage with the first
         twin.id = "s0b"
         w.add(twin)
-    write_collages(tmp_path / "single", tmp_path / "multi", num=8, k=[2, 3, 4], seed=1, canvas_size=(128, 128),
-                   scale_range=(0.6, 0.9))
+    write_collages(tmp_path / "single", tmp_path / "multi", num=8, k=[2, 3, 4], seed=1,
+                   layout=CollageLayout(canvas_size=(128, 128), scale_range=(0.6, 0.9)))
     out = list(iter_samples(tmp_path / "multi"))
     assert len(out) == 8 and {s.k for s in out} <= {2, 3, 4}
     for s in out:

@@ -16,7 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mosaic.config import load_config
-from mosaic.data.collage import write_collages
+from mosaic.components import Components
+from mosaic.data.collage import CollageLayout, write_collages
 from mosaic.data.records import DatasetWriter, Reference, Sample, read_manifest
 from mosaic.data.synthetic import generate_dataset
 from mosaic.flow import encode_batch, step_generator
@@ -141,7 +142,7 @@ def test_dropout_rates_are_upstream_five_percent_each_and_a_dropped_image_is_zer
     class Text:
         def encode(self, prompts):
             return torch.zeros(len(prompts), 2, 4), torch.zeros(len(prompts), 4)
-    enc = encode_batch(imgs, ["a", "b"], codec, Text(), "cpu", torch.float32, with_refs=True)
+    enc = encode_batch(Components(None, codec, Text(), torch.device("cpu")), imgs, ["a", "b"], with_refs=True)
     assert (enc.refs[0] == 0).all() and (enc.refs[1] != 0).any() and enc.ref_mask.all()
 
 
@@ -181,7 +182,8 @@ def _source(root, n=3, size=32):
 
 def test_k1_samples_are_the_pairs_and_collages_keep_each_description(tmp_path):
     src = _source(tmp_path / "src")
-    out = write_collages(src, tmp_path / "out", 12, [1, 2], seed=0, canvas_size=(32, 32), scale_range=(0.5, 0.9))
+    out = write_collages(src, tmp_path / "out", 12, [1, 2], seed=0,
+                         layout=CollageLayout(canvas_size=(32, 32), scale_range=(0.5, 0.9)))
     recs, sources = list(read_manifest(out)), {r["id"]: r for r in read_manifest(src)}
     assert {r["k"] for r in recs} == {1, 2}
     for r in recs:

@@ -11,7 +11,7 @@ from PIL import Image
 from metrics.config import load_config
 from metrics.evaluate import evaluate, image_summary
 from metrics.manifest import Item, RefInput
-from metrics.tiny_evaluators import train_evaluators
+from metrics.tiny_evaluators import EvaluatorSettings, train_evaluators
 from metrics.tiny_evaluators.validation import roc_auc
 from metrics.tiny_evaluators.world import captions, clip_canvases, held_out_combinations, recoloured, repaint
 from mosaic.data.synthetic import BACKGROUNDS, generate_sample, identities
@@ -49,7 +49,7 @@ def evaluators(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "evaluators"
     # the tiny profile's CLIP (1200 steps, 1500 samples: the same weights as the workflow's);
     # DINO shortened from 400 steps to keep CI time down
-    return train_evaluators(out, clip_steps=1200, dino_steps=300, n_train=1500, log=lambda *_: None)
+    return train_evaluators(out, EvaluatorSettings(clip_steps=1200, dino_steps=300, n_train=1500), log=lambda *_: None)
 
 
 @pytest.mark.slow

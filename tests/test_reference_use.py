@@ -17,13 +17,13 @@ from mosaic.inference.sampler import Sampler
 def setup(tmp_path_factory):
     root = generate_dataset(tmp_path_factory.mktemp("refuse") / "d", 4, 0, "train", 1, 2)
     cfg = load_config(None, [f"data.train={root}", "model.flavour=debug", "train.mode=lora"])
-    model, codec, text = build_components(cfg, torch.device("cpu"))
+    parts = build_components(cfg, torch.device("cpu"))
     with torch.no_grad():  # a LoRA that is not the identity, so the references' branch is changed
-        for name, p in model.named_parameters():
+        for name, p in parts.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    sampler = Sampler(model, codec, text, cfg.data.target_size, cfg.data.ref_size)
-    return sampler, load_dataset(root, cfg, codec, model.max_refs)
+    sampler = Sampler(parts, cfg.data.target_size, cfg.data.ref_size)
+    return sampler, load_dataset(root, cfg, parts.codec, parts.model.max_refs)
 
 
 def test_other_scene_gives_every_scene_another_scenes_references(setup):
@@ -31,14 +31,13 @@ def test_other_scene_gives_every_scene_another_scenes_references(setup):
     from mosaic.data.dataset import collate
 
     b = collate([ds[i] for i in range(3)])
-    enc = encode_batch(b, b["prompt"], sampler.codec, sampler.text_encoder, "cpu", torch.float32, with_refs=True)
+    enc = encode_batch(sampler.parts, b, b["prompt"], with_refs=True)
     rolled = other_scene(enc)
     for i in range(3):
         assert torch.equal(rolled.refs[i], enc.refs[i - 1]) and torch.equal(rolled.ref_mask[i], enc.ref_mask[i - 1])
         assert not torch.equal(rolled.refs[i], enc.refs[i])
     with pytest.raises(ValueError, match="at least two"):
-        other_scene(encode_batch(collate([ds[0]]), [ds[0]["prompt"]], sampler.codec, sampler.text_encoder, "cpu",
-                                 torch.float32, with_refs=True))
+        other_scene(encode_batch(sampler.parts, collate([ds[0]]), [ds[0]["prompt"]], with_refs=True))
 
 
 def test_the_arms_differ_and_the_subject_share_is_a_share(setup):

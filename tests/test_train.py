@@ -286,3 +286,25 @@ def test_mdl_on_single_subject_data_is_refused_up_front_unless_accepted(tmp_path
     assert result.status == "finished"
     client, run = only_run(tmp_path)
     assert run.data.metrics["loss/mdl"] == 0.0  # what the guard warns of: MDL contributes nothing
+
+
+def test_the_trainer_steps_the_model_it_built_and_evaluates_the_trained_weights(tmp_path, data):
+    """Trainer: build, `train_step` by `train_step`, finish. The engine wraps the built model itself (so the
+    finish's mechanism evaluation, which takes the run's Components, sees the trained weights), and a step
+    changes the LoRA."""
+    from mosaic.train.loop import Trainer
+
+    cfg = load_config(None, overrides(tmp_path, data, f"data.val={data['val']}", "eval.timesteps=[0.5]",
+                                      "tracking.enabled=false", "train.lr=0.05"))
+    trainer = Trainer(cfg)
+    try:
+        assert trainer.engine.module is trainer.parts.model and trainer.step == 0
+        before = {k: v.clone() for k, v in trainer.parts.model.lora_state_dict().items()}
+        assert trainer.loop() == "finished" and trainer.step == 2
+        after = trainer.parts.model.lora_state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        result = trainer.finish("finished")
+    finally:
+        trainer.bar.close()
+    assert result.status == "finished" and result.output == tmp_path / "run" / "lora.safetensors"
+    assert result.mechanism["mech/samples"] == 2 and (tmp_path / "run" / "mechanism.json").is_file()

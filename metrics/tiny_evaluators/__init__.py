@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from .shape_training import save_shape_classifier, train_shape_classifier
 from .validation import check_evaluators, held_out_views
 from .world import clip_canvases, rendering_pairs
 
-__all__ = ["metrics_config", "train_evaluators"]
+__all__ = ["EvaluatorSettings", "metrics_config", "train_evaluators"]
 
 
 def metrics_config(out: Path | None = None, places: bool = False) -> dict[str, Any]:
@@ -50,36 +51,51 @@ def metrics_config(out: Path | None = None, places: bool = False) -> dict[str, A
             "mechanism": {}, **subjects}
 
 
-def train_evaluators(out: str | os.PathLike, clip_steps: int = 1200, dino_steps: int = 400, seed: int = 0,
-                     n_train: int = 1500, cfg: SyntheticConfig | None = None, max_seconds: float | None = None,
-                     overwrite: bool = False, log=print, shape_steps: int = 600) -> Path:
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """One run of `train_evaluators`: each trainer's step count (`shape_steps`: the places world's shape
+    classifier), the seed, the number of train-split samples rendered, and an optional cap on each trainer's
+    wall time (`max_seconds`). The defaults are the tiny profile's."""
+
+    clip_steps: int = 1200
+    dino_steps: int = 400
+    shape_steps: int = 600
+    seed: int = 0
+    n_train: int = 1500
+    max_seconds: float | None = None
+
+
+def train_evaluators(out: str | os.PathLike, settings: EvaluatorSettings = EvaluatorSettings(),
+                     cfg: SyntheticConfig | None = None, overwrite: bool = False, log=print) -> Path:
     """Train both evaluators on train-split identities, check them on test identities, and
     write them with their config and check results into `out` (atomically). Step counts make
-    a run reproducible; `max_seconds` optionally caps each trainer's wall time."""
+    a run reproducible; `settings.max_seconds` optionally caps each trainer's wall time."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: evaluators already exist (pass overwrite=True to replace them)")
-    cap = math.inf if max_seconds is None else max_seconds
+    cap = math.inf if settings.max_seconds is None else settings.max_seconds
+    seed, n_train = settings.seed, settings.n_train
     t0 = time.monotonic()
     data = clip_canvases("train", n_train, seed, cfg=cfg)
     pairs = rendering_pairs("train", n_train, seed, cfg)
     log(f"{len(data)} CLIP canvases, {len(pairs)} rendering pairs ({time.monotonic() - t0:.0f}s)")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         t_clip = time.monotonic()
-        save_clip(train_clip(data, cap, seed, max_steps=clip_steps, cfg=cfg, log=log), tmp / "clip")
+        save_clip(train_clip(data, cap, seed, max_steps=settings.clip_steps, cfg=cfg, log=log), tmp / "clip")
         t_dino = time.monotonic()
-        save_dino(train_dino(pairs, cap, seed, max_steps=dino_steps, log=log), tmp / "dino")
+        save_dino(train_dino(pairs, cap, seed, max_steps=settings.dino_steps, log=log), tmp / "dino")
         t_end = time.monotonic()
         places = cfg is not None and cfg.layout == "places"
         shape = {}
         if places:
-            clf, shape = train_shape_classifier(cfg, n_train, shape_steps, seed=seed, log=log)
+            clf, shape = train_shape_classifier(cfg, n_train, settings.shape_steps, seed=seed, log=log)
             save_shape_classifier(clf, tmp / "shape")
         cfg_tmp = metrics_config(tmp)
         result = check_evaluators(ClipModel("clip_i", cfg_tmp["clip_i"]["model"]), DinoModel("dino", cfg_tmp["dino"]),
                                   held_out_views(cfg=cfg))
-        result.update(clip_steps=clip_steps, dino_steps=dino_steps, clip_seconds=round(t_dino - t_clip, 1),
-                      dino_seconds=round(t_end - t_dino, 1), seed=seed, n_train_samples=n_train,
+        result.update(clip_steps=settings.clip_steps, dino_steps=settings.dino_steps,
+                      clip_seconds=round(t_dino - t_clip, 1), dino_seconds=round(t_end - t_dino, 1), seed=seed,
+                      n_train_samples=n_train,
                       world="tiny: comparable within the synthetic world only", **shape)
         log(json.dumps(result, indent=2))
         (tmp / "validation.json").write_text(json.dumps(result, indent=2))

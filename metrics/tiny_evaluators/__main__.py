@@ -9,17 +9,19 @@ from pathlib import Path
 
 from mosaic.data.synthetic import world_config
 
-from . import train_evaluators
+from . import EvaluatorSettings, train_evaluators
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m metrics.tiny_evaluators", description=train_evaluators.__doc__)
     p.add_argument("out", type=Path)
-    p.add_argument("--clip-steps", type=int, default=1200)
-    p.add_argument("--dino-steps", type=int, default=400)
-    p.add_argument("--shape-steps", type=int, default=600, help="the places world's shape classifier")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=1500, help="train-split samples rendered for training")
+    p.add_argument("--clip-steps", type=int, default=EvaluatorSettings.clip_steps)
+    p.add_argument("--dino-steps", type=int, default=EvaluatorSettings.dino_steps)
+    p.add_argument("--shape-steps", type=int, default=EvaluatorSettings.shape_steps,
+                   help="the places world's shape classifier")
+    p.add_argument("--seed", type=int, default=EvaluatorSettings.seed)
+    p.add_argument("--n-train", type=int, default=EvaluatorSettings.n_train,
+                   help="train-split samples rendered for training")
     p.add_argument("--world", default="blobs", help="the synthetic world (mosaic.data.synthetic.WORLDS)")
     p.add_argument("--target-size", type=int, default=96, help="target image side in px (the data config's)")
     p.add_argument("--ref-size", type=int, default=48, help="reference image side in px (the data config's)")
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     cfg = world_config(a.world, target_size=a.target_size, ref_size=a.ref_size)
-    train_evaluators(a.out, a.clip_steps, a.dino_steps, a.seed, a.n_train, cfg=cfg, max_seconds=a.max_seconds,
-                     overwrite=a.overwrite, shape_steps=a.shape_steps)
+    settings = EvaluatorSettings(clip_steps=a.clip_steps, dino_steps=a.dino_steps, shape_steps=a.shape_steps,
+                                 seed=a.seed, n_train=a.n_train, max_seconds=a.max_seconds)
+    train_evaluators(a.out, settings, cfg=cfg, overwrite=a.overwrite)
     return 0
 
 

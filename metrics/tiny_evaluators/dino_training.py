@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,56 @@ def _random_crops(x: torch.Tensor, size: int, scale: tuple[float, float], gen: t
     return torch.cat(out)
 
 
-def train_dino(pairs: list[tuple[np.ndarray, np.ndarray]], seconds: float = math.inf, seed: int = 0, batch: int = 64,
-               lr: float = 5e-4, max_steps: int | None = None, n_local: int = 4, student_temp: float = 0.1,
-               teacher_temp: float = 0.04, center_momentum: float = 0.9, ema: float = 0.99, log=print):
-    """DINO self-distillation of the tiny ViT; returns the teacher backbone (as DINO does).
+@dataclass(frozen=True)
+class DinoTrainingConfig:
+    """The tiny DINO's training recipe (defaults: the tiny profile's): batch size and learning rate,
+    `n_local` small crops per sample for the student, the student's and the teacher's softmax
+    temperatures, and the momenta of the teacher's centre and of its EMA of the student."""
+
+    batch: int = 64
+    lr: float = 5e-4
+    n_local: int = 4
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    ema: float = 0.99
+
+
+def _dino_views(first: torch.Tensor, second: torch.Tensor, idx: torch.Tensor, n_local: int,
+                gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The batch `idx`'s two global crops (one per rendering) and `n_local` local crops (alternating renderings)."""
+    size = DINO_KWARGS["img_size"]
+    globals_ = [_random_crops(first[idx], size, (0.4, 1.0), gen), _random_crops(second[idx], size, (0.4, 1.0), gen)]
+    locals_ = [_random_crops((first, second)[j % 2][idx], size // 2, (0.1, 0.4), gen) for j in range(n_local)]
+    return globals_, locals_
+
+
+def _dino_step(student, teacher, opt: torch.optim.Optimizer, views: tuple[list[torch.Tensor], list[torch.Tensor]],
+               center: torch.Tensor, training: DinoTrainingConfig) -> torch.Tensor:
+    """One self-distillation step: the student's update, the teacher's EMA and the centre's update; returns the loss."""
+    globals_, locals_ = views
+    with torch.no_grad():
+        t_out = [teacher(g) for g in globals_]
+        t_prob = [F.softmax((t - center) / training.teacher_temp, dim=-1) for t in t_out]
+    s_logp = [F.log_softmax(student(v) / training.student_temp, dim=-1) for v in globals_ + locals_]
+    terms = [-(tp * sp).sum(-1).mean() for ti, tp in enumerate(t_prob) for si, sp in enumerate(s_logp) if si != ti]
+    loss = torch.stack(terms).mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
+    opt.step()
+    with torch.no_grad():
+        for ps, pt in zip(student.parameters(), teacher.parameters()):
+            pt.mul_(training.ema).add_(ps.detach(), alpha=1 - training.ema)
+        m = training.center_momentum
+        center.mul_(m).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=1 - m)
+    return loss
+
+
+def train_dino(pairs: list[tuple[np.ndarray, np.ndarray]], seconds: float = math.inf, seed: int = 0, *,
+               max_steps: int | None = None, training: DinoTrainingConfig = DinoTrainingConfig(), log=print):
+    """DINO self-distillation of the tiny ViT for `max_steps` steps or `seconds`, whichever ends
+    first; returns the teacher backbone (as DINO does). Recipe: `training`.
 
     The two global crops come from the two renderings of a pair (pass (x, x) for DINO's
     single-image crops); the student also sees `n_local` small crops; the teacher only the
@@ -101,27 +148,13 @@ def train_dino(pairs: list[tuple[np.ndarray, np.ndarray]], seconds: float = math
     first = _to_tensor([a for a, _ in pairs], size, IMAGENET_MEAN, IMAGENET_STD)
     second = _to_tensor([b for _, b in pairs], size, IMAGENET_MEAN, IMAGENET_STD)
     center = torch.zeros(1, student[1].last.out_features)
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.04)
+    opt = torch.optim.AdamW(student.parameters(), lr=training.lr, weight_decay=0.04)
     gen = torch.Generator().manual_seed(seed)
     start, step = time.monotonic(), 0
     while time.monotonic() - start < seconds and (max_steps is None or step < max_steps):
-        idx = torch.randperm(len(pairs), generator=gen)[:batch]
-        globals_ = [_random_crops(first[idx], size, (0.4, 1.0), gen), _random_crops(second[idx], size, (0.4, 1.0), gen)]
-        locals_ = [_random_crops((first, second)[j % 2][idx], size // 2, (0.1, 0.4), gen) for j in range(n_local)]
-        with torch.no_grad():
-            t_out = [teacher(g) for g in globals_]
-            t_prob = [F.softmax((t - center) / teacher_temp, dim=-1) for t in t_out]
-        s_logp = [F.log_softmax(student(v) / student_temp, dim=-1) for v in globals_ + locals_]
-        terms = [-(tp * sp).sum(-1).mean() for ti, tp in enumerate(t_prob) for si, sp in enumerate(s_logp) if si != ti]
-        loss = torch.stack(terms).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
-        opt.step()
-        with torch.no_grad():
-            for ps, pt in zip(student.parameters(), teacher.parameters()):
-                pt.mul_(ema).add_(ps.detach(), alpha=1 - ema)
-            center.mul_(center_momentum).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=1 - center_momentum)
+        idx = torch.randperm(len(pairs), generator=gen)[:training.batch]
+        views = _dino_views(first, second, idx, training.n_local, gen)
+        loss = _dino_step(student, teacher, opt, views, center, training)
         step += 1
         if step % 50 == 0:
             log(f"dino step {step} loss {loss.item():.3f} ({time.monotonic() - start:.0f}s)")

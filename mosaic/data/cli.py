@@ -116,10 +116,11 @@ def _validate(args) -> int:
 
 
 def _collage(args) -> int:
-    from .collage import write_collages
+    from .collage import CollageLayout, CollageStyle, write_collages
 
-    out = write_collages(args.source, args.out, args.n, args.k, args.seed, args.overwrite, single=args.single,
-                         prompt=args.prompt, canvas_size=(args.canvas, args.canvas))
+    out = write_collages(args.source, args.out, args.n, args.k, args.seed, args.overwrite,
+                         CollageStyle(single=args.single, prompt=args.prompt),
+                         CollageLayout(canvas_size=(args.canvas, args.canvas)))
     print(f"wrote {args.n} collages (K in {args.k}) to {out}")
     return 0
 

@@ -108,25 +108,23 @@ def _place(rng: np.random.Generator, box: tuple[int, int, int, int], canvas_hw: 
     return Placement(scale, bool(rng.random() < flip_prob), top, left, h, w, box)
 
 
-def build_collage(
-    sources: Sequence[Sample],
-    seed: int,
-    canvas_size: tuple[int, int] = (512, 512),
-    scale_range: tuple[float, float] = (0.4, 0.7),
-    flip_prob: float = 0.5,
-    background: tuple[int, int, int] | np.ndarray = (255, 255, 255),
-    prompt: str | Callable[[list[str]], str] = "{subjects}",
-    min_visible: float = 0.3,
-    max_tries: int = 50,
-    sample_id: str | None = None,
-) -> Sample:
-    """Compose single-subject samples (K = 1 each) into one sample with K = len(sources).
+@dataclass(frozen=True)
+class CollageLayout:
+    """How subjects are laid out on a collage's canvas: its size (h, w) and background colour, each
+    subject's scale (drawn from `scale_range`, capped to fit) and horizontal flip (with probability
+    `flip_prob`). A layout is redrawn until every subject keeps at least `min_visible` of its pasted
+    pixels and one correspondence, at most `max_tries` times."""
 
-    Deterministic for a given seed. `prompt` is a template with "{subjects}" (the joined
-    phrases) or a function of the phrase list. A layout is redrawn until every subject
-    keeps at least `min_visible` of its pasted pixels and one correspondence; after
-    `max_tries` layouts a ValueError says so.
-    """
+    canvas_size: tuple[int, int] = (512, 512)
+    scale_range: tuple[float, float] = (0.4, 0.7)
+    flip_prob: float = 0.5
+    background: tuple[int, int, int] | np.ndarray = (255, 255, 255)
+    min_visible: float = 0.3
+    max_tries: int = 50
+
+
+def _check_sources(sources: Sequence[Sample]) -> None:
+    """Refuse no sources, and sources that are not K = 1 with a non-empty mask and correspondences."""
     if not sources:
         raise ValueError("build_collage needs at least one source sample")
     for s in sources:
@@ -134,29 +132,59 @@ def build_collage(
             raise DataError(f"sample {s.id}: collage sources must have K = 1, got K = {s.k}")
         if not s.masks[0].any() or not len(s.references[0].points):
             raise DataError(f"sample {s.id}: collage sources need a non-empty mask and correspondences")
-    hw = tuple(canvas_size)
+
+
+def _visible(pasted: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each pasted subject's visible mask (later subjects occlude earlier ones) and which of its points stay visible."""
+    visible = [m.copy() for _, m, _, _ in pasted]
+    for i in range(len(pasted)):
+        for j in range(i + 1, len(pasted)):
+            visible[i] &= ~pasted[j][1]
+    keep = [valid & vis[pts[:, 2], pts[:, 3]] for (_, _, pts, valid), vis in zip(pasted, visible)]
+    return visible, keep
+
+
+def _lay_out(sources: Sequence[Sample], seed: int, layout: CollageLayout):
+    """The first random layout (of `layout.max_tries`) that keeps every subject visible enough: its placements,
+    pasted subjects (`_paste`), visible masks and visible points; a ValueError when none does."""
+    hw = tuple(layout.canvas_size)
     rng = np.random.default_rng(seed)
     boxes = [_bbox(s.masks[0]) for s in sources]
-    for _ in range(max_tries):
-        placements = [_place(rng, b, hw, scale_range, flip_prob) for b in boxes]
+    for _ in range(layout.max_tries):
+        placements = [_place(rng, b, hw, layout.scale_range, layout.flip_prob) for b in boxes]
         pasted = [_paste(s, p, hw) for s, p in zip(sources, placements)]
-        visible = [m.copy() for _, m, _, _ in pasted]
-        for i in range(len(pasted)):  # later subjects occlude earlier ones
-            for j in range(i + 1, len(pasted)):
-                visible[i] &= ~pasted[j][1]
-        keep = [valid & vis[pts[:, 2], pts[:, 3]] for (_, _, pts, valid), vis in zip(pasted, visible)]
-        ok = all(v.sum() >= min_visible * m.sum() and k.any()
-                 for v, (_, m, _, _), k in zip(visible, pasted, keep))
-        if ok:
-            break
-    else:
-        raise ValueError(f"no layout of {len(sources)} subjects on a {hw[0]}x{hw[1]} canvas kept "
-                         f"{min_visible:.0%} of each visible after {max_tries} tries; lower scale_range")
+        visible, keep = _visible(pasted)
+        if all(v.sum() >= layout.min_visible * m.sum() and k.any()
+               for v, (_, m, _, _), k in zip(visible, pasted, keep)):
+            return placements, pasted, visible, keep
+    raise ValueError(f"no layout of {len(sources)} subjects on a {hw[0]}x{hw[1]} canvas kept "
+                     f"{layout.min_visible:.0%} of each visible after {layout.max_tries} tries; lower scale_range")
 
-    target = np.empty((*hw, 3), np.uint8)
-    target[:] = background
-    for (image, mask, _, _) in pasted:  # paint in z-order
+
+def _paint(pasted: list, layout: CollageLayout) -> np.ndarray:
+    """The collage image: the background, then each pasted subject in z-order."""
+    target = np.empty((*layout.canvas_size, 3), np.uint8)
+    target[:] = layout.background
+    for (image, mask, _, _) in pasted:
         target[mask] = image[mask]
+    return target
+
+
+def build_collage(
+    sources: Sequence[Sample],
+    seed: int,
+    layout: CollageLayout = CollageLayout(),
+    prompt: str | Callable[[list[str]], str] = "{subjects}",
+    sample_id: str | None = None,
+) -> Sample:
+    """Compose single-subject samples (K = 1 each) into one sample with K = len(sources).
+
+    Deterministic for a given seed. `prompt` is a template with "{subjects}" (the joined
+    phrases) or a function of the phrase list. The subjects are placed as `layout` says; after
+    `layout.max_tries` layouts that hide a subject too much a ValueError says so.
+    """
+    _check_sources(sources)
+    placements, pasted, visible, keep = _lay_out(sources, seed, layout)
     phrases = [s.references[0].phrase for s in sources]
     references = [Reference(s.references[0].image, s.references[0].phrase, pts[k].astype(np.int32),
                             s.references[0].subject_id)
@@ -164,7 +192,7 @@ def build_collage(
     return Sample(
         id=sample_id or f"collage-{seed}-" + "-".join(s.id for s in sources),
         prompt=prompt(phrases) if callable(prompt) else prompt.format(subjects=join_phrases(phrases)),
-        target=target,
+        target=_paint(pasted, layout),
         references=references,
         masks=np.stack(visible),
         meta={"source": "collage", "seed": seed, "sources": [s.id for s in sources],
@@ -192,16 +220,25 @@ def pair_sample(source: Sample, sample_id: str) -> Sample:
                   {**source.meta, "source": "pair", "sources": [source.id], "prompt_prefixed": prompt != source.prompt})
 
 
+@dataclass(frozen=True)
+class CollageStyle:
+    """What `write_collages` makes of each draw: K = 1 is the source pair itself (`single="pair"`, as upstream
+    trains) or a one-subject collage ("collage"); a collage's prompt keeps each subject's description
+    (`prompt="descriptions"`, `described_prompt`) or joins the phrases only ("phrases")."""
+
+    single: str = "pair"
+    prompt: str = "descriptions"
+
+
 def write_collages(source_root: str | os.PathLike, out: str | os.PathLike, num: int, k: int | Sequence[int],
-                   seed: int, overwrite: bool = False, single: str = "pair", prompt: str = "descriptions",
-                   **kwargs) -> Path:
+                   seed: int, overwrite: bool = False, style: CollageStyle = CollageStyle(),
+                   layout: CollageLayout = CollageLayout()) -> Path:
     """Write `num` samples, each of k single-subject samples with distinct subject ids.
 
-    `k` is one K or a list to draw each sample's K from. K = 1 is the source pair itself (`single="pair"`, as
-    upstream trains) or a one-subject collage ("collage"); a collage's prompt keeps each subject's description
-    (`prompt="descriptions"`, `described_prompt`) or joins the phrases only ("phrases"). `kwargs` go to
-    `build_collage`.
+    `k` is one K or a list to draw each sample's K from; `style` says how K = 1 samples and prompts are made,
+    `layout` how each collage is laid out (`build_collage`).
     """
+    single, prompt = style.single, style.prompt
     if single not in ("pair", "collage") or prompt not in ("descriptions", "phrases"):
         raise ValueError(f"write_collages: single={single!r} (pair | collage), prompt={prompt!r} "
                          "(descriptions | phrases)")
@@ -225,6 +262,6 @@ def write_collages(source_root: str | os.PathLike, out: str | os.PathLike, num: 
                 w.add(pair_sample(sources[0], f"collage{n:06d}"))
                 continue
             text = described_prompt(sources) if prompt == "descriptions" else "{subjects}"
-            w.add(build_collage(sources, seed=layout_seed, sample_id=f"collage{n:06d}",
-                                prompt=(lambda _, t=text: t) if prompt == "descriptions" else text, **kwargs))
+            w.add(build_collage(sources, seed=layout_seed, layout=layout, sample_id=f"collage{n:06d}",
+                                prompt=(lambda _, t=text: t) if prompt == "descriptions" else text))
     return Path(out)

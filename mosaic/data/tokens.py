@@ -57,6 +57,49 @@ class TokenCorrespondences:
         return self.ref_token[sel], self.target_token[sel]
 
 
+def _token_pairs(points: list[np.ndarray], ref_sizes: list[tuple[int, int]], target_size: tuple[int, int],
+                 downsample: int, patch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pixel pair as (reference, reference token, target token), concatenated in reference order."""
+    ks, rts, tts = [], [], []
+    for k, (p, size) in enumerate(zip(points, ref_sizes)):
+        p = np.asarray(p, np.int64).reshape(-1, 4)
+        ks.append(np.full(len(p), k, np.int64))
+        rts.append(pixel_to_token(p[:, 0], p[:, 1], size, downsample, patch))
+        tts.append(pixel_to_token(p[:, 2], p[:, 3], target_size, downsample, patch))
+    k_all = np.concatenate(ks) if ks else np.zeros(0, np.int64)
+    r_all = np.concatenate(rts) if rts else np.zeros(0, np.int64)
+    t_all = np.concatenate(tts) if tts else np.zeros(0, np.int64)
+    return k_all, r_all, t_all
+
+
+def _owned(k_all: np.ndarray, t_all: np.ndarray, n_ref: int, n_tgt: int, strict: bool) -> np.ndarray:
+    """Which pairs' reference owns their target token (most pairs on it; ties: lowest reference index);
+    with `strict`, CorrespondenceConflict on the first pair that it does not."""
+    counts = np.zeros((max(n_ref, 1), n_tgt), np.int64)  # votes of each reference for each target token
+    np.add.at(counts, (k_all, t_all), 1)
+    owner = counts.argmax(0)  # argmax picks the lowest index on ties
+    keep = owner[t_all] == k_all
+    if strict and not keep.all():
+        t = int(t_all[~keep][0])
+        claim = np.flatnonzero(counts[:, t]).tolist()
+        raise CorrespondenceConflict(f"target token {t} is claimed by references {claim}")
+    return keep
+
+
+def _majority_targets(k_all: np.ndarray, r_all: np.ndarray, t_all: np.ndarray) -> np.ndarray:
+    """[N, 3] (reference, reference token, target token): each reference token's most-voted target token
+    (ties: lowest target index), sorted by (reference, reference token)."""
+    if not len(k_all):
+        return np.zeros((0, 3), np.int64)
+    pairs, votes = np.unique(np.stack([k_all, r_all, t_all], 1), axis=0, return_counts=True)
+    # Sort by (k, r, -votes, t) and keep the first of each (k, r).
+    order = np.lexsort((pairs[:, 2], -votes, pairs[:, 1], pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.ones(len(pairs), bool)
+    first[1:] = (pairs[1:, 0] != pairs[:-1, 0]) | (pairs[1:, 1] != pairs[:-1, 1])
+    return pairs[first]
+
+
 def map_correspondences(
     points: list[np.ndarray],
     ref_sizes: list[tuple[int, int]],
@@ -77,41 +120,10 @@ def map_correspondences(
     """
     if len(points) != len(ref_sizes):
         raise ValueError(f"{len(points)} point arrays for {len(ref_sizes)} references")
-    ks, rts, tts = [], [], []
-    for k, (p, size) in enumerate(zip(points, ref_sizes)):
-        p = np.asarray(p, np.int64).reshape(-1, 4)
-        ks.append(np.full(len(p), k, np.int64))
-        rts.append(pixel_to_token(p[:, 0], p[:, 1], size, downsample, patch))
-        tts.append(pixel_to_token(p[:, 2], p[:, 3], target_size, downsample, patch))
-    k_all = np.concatenate(ks) if ks else np.zeros(0, np.int64)
-    r_all = np.concatenate(rts) if rts else np.zeros(0, np.int64)
-    t_all = np.concatenate(tts) if tts else np.zeros(0, np.int64)
+    k_all, r_all, t_all = _token_pairs(points, ref_sizes, target_size, downsample, patch)
     n_tgt = int(np.prod(token_grid(target_size, downsample, patch)))
-    n_ref = len(points)
-
-    # Votes of each reference for each target token: counts[k, t].
-    counts = np.zeros((max(n_ref, 1), n_tgt), np.int64)
-    np.add.at(counts, (k_all, t_all), 1)
-    owner = counts.argmax(0)  # argmax picks the lowest index on ties
-    keep = owner[t_all] == k_all
-    dropped = int((~keep).sum())
-    if strict and dropped:
-        t = int(t_all[~keep][0])
-        claim = np.flatnonzero(counts[:, t]).tolist()
-        raise CorrespondenceConflict(f"target token {t} is claimed by references {claim}")
-    k_all, r_all, t_all = k_all[keep], r_all[keep], t_all[keep]
-
-    # One target token per (reference, reference token): majority vote.
-    if len(k_all):
-        pairs, votes = np.unique(np.stack([k_all, r_all, t_all], 1), axis=0, return_counts=True)
-        # Sort by (k, r, -votes, t) and keep the first of each (k, r).
-        order = np.lexsort((pairs[:, 2], -votes, pairs[:, 1], pairs[:, 0]))
-        pairs = pairs[order]
-        first = np.ones(len(pairs), bool)
-        first[1:] = (pairs[1:, 0] != pairs[:-1, 0]) | (pairs[1:, 1] != pairs[:-1, 1])
-        pairs = pairs[first]
-    else:
-        pairs = np.zeros((0, 3), np.int64)
+    keep = _owned(k_all, t_all, len(points), n_tgt, strict)
+    pairs = _majority_targets(k_all[keep], r_all[keep], t_all[keep])
     counts_per_ref = [int(np.prod(token_grid(s, downsample, patch))) for s in ref_sizes]
     offsets = np.concatenate([[0], np.cumsum(counts_per_ref)[:-1]]).astype(np.int64) if ref_sizes else np.zeros(0, np.int64)
     return TokenCorrespondences(
@@ -119,7 +131,7 @@ def map_correspondences(
         ref_token=pairs[:, 1],
         global_ref_token=pairs[:, 1] + (offsets[pairs[:, 0]] if len(pairs) else 0),
         target_token=pairs[:, 2],
-        dropped=dropped,
+        dropped=int((~keep).sum()),
     )
 
 

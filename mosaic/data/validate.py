@@ -34,15 +34,39 @@ class Problem:
         return f"{self.file}: {self.field}: {self.message}"
 
 
-def _image(root: Path, rel: Any, mode: str, field: str, sid: str, line: str,
-           problems: list[Problem]) -> np.ndarray | None:
+@dataclass
+class _Record:
+    """One manifest record under check: the dataset root, the record, its manifest line, and where problems go."""
+
+    root: Path
+    rec: dict[str, Any]
+    line: str
+    problems: list[Problem]
+
+    @property
+    def sid(self) -> str:
+        """The sample's id, as problems name it."""
+        return str(self.rec["id"])
+
+    @property
+    def corr(self) -> str:
+        """The correspondence file's path, as problems name it."""
+        return str(self.rec["correspondences"])
+
+    def add(self, file: str, field: str, message: str) -> None:
+        """Report a problem of this record's sample."""
+        self.problems.append(Problem(file, field, message, self.sid))
+
+
+def _image(r: _Record, rel: Any, mode: str, field: str) -> np.ndarray | None:
+    """The image at `rel` (record field `field`), or None after reporting why it cannot be read."""
     if not isinstance(rel, str):
-        problems.append(Problem(line, field, f"expected a relative path, got {rel!r}", sid))
+        r.add(r.line, field, f"expected a relative path, got {rel!r}")
         return None
     try:
-        return read_image(root / rel, mode, exact=True)
+        return read_image(r.root / rel, mode, exact=True)
     except DataError as e:
-        problems.append(Problem(rel, field, str(e), sid))
+        r.add(rel, field, str(e))
     return None
 
 
@@ -57,96 +81,129 @@ def _out_of_range(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (p[:, 0] < 0) | (p[:, 0] >= size[0]) | (p[:, 1] < 0) | (p[:, 1] >= size[1])
 
 
-def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | None, text_encoder: Any,
-                  problems: list[Problem]) -> None:
-    sid = str(rec["id"])
-    refs = rec["references"]
-    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
-        problems.append(Problem(line, "references", "expected a list of objects", sid))
-        return
-    target = _image(root, rec["target"], "RGB", "target", sid, line, problems)
+def _check_target(r: _Record, spec: TokenSpec | None) -> tuple[int, int] | None:
+    """`target`: readable, of the recorded `size` and of the token spec's size; returns its size (None: unreadable)."""
+    rec = r.rec
+    target = _image(r, rec["target"], "RGB", "target")
     tsize = target.shape[:2] if target is not None else None
     if tsize is not None and "size" in rec and list(rec["size"]) != list(tsize):
-        problems.append(Problem(line, "size", f"{rec['size']} but {rec['target']} is {tsize[0]}x{tsize[1]}", sid))
+        r.add(r.line, "size", f"{rec['size']} but {rec['target']} is {tsize[0]}x{tsize[1]}")
 
     if spec is not None and tsize is not None and tuple(tsize) != tuple(spec.target_size):
-        problems.append(Problem(rec["target"], "target", f"{tsize[0]}x{tsize[1]} but the token spec expects "
-                                f"{spec.target_size[0]}x{spec.target_size[1]}", sid))
+        r.add(rec["target"], "target", f"{tsize[0]}x{tsize[1]} but the token spec expects "
+              f"{spec.target_size[0]}x{spec.target_size[1]}")
+    return tsize
 
+
+def _check_reference_images(r: _Record, refs: list[dict], tsize: tuple[int, int] | None
+                            ) -> list[tuple[int, int] | None]:
+    """`references[k].image` and `.mask`: readable, masks of the target's size; returns each image's size."""
     ref_sizes: list[tuple[int, int] | None] = []
-    for k, r in enumerate(refs):
-        img = _image(root, r.get("image"), "RGB", f"references[{k}].image", sid, line, problems)
+    for k, ref in enumerate(refs):
+        img = _image(r, ref.get("image"), "RGB", f"references[{k}].image")
         ref_sizes.append(img.shape[:2] if img is not None else None)
-        if "mask" not in r:
+        if "mask" not in ref:
             continue
-        mask = _image(root, r["mask"], "L", f"references[{k}].mask", sid, line, problems)
+        mask = _image(r, ref["mask"], "L", f"references[{k}].mask")
         if mask is not None and tsize is not None and mask.shape != tsize:
-            problems.append(Problem(r["mask"], f"references[{k}].mask",
-                                    f"mask is {mask.shape[0]}x{mask.shape[1]}, target is {tsize[0]}x{tsize[1]}", sid))
+            r.add(ref["mask"], f"references[{k}].mask",
+                  f"mask is {mask.shape[0]}x{mask.shape[1]}, target is {tsize[0]}x{tsize[1]}")
+    return ref_sizes
 
-    corr_rel = rec["correspondences"]
-    arrays: dict[str, np.ndarray] = {}
-    corr_ok = False
+
+def _load_correspondences(r: _Record) -> dict[str, np.ndarray] | None:
+    """`correspondences`: the arrays of the .npz file, or None after reporting why it cannot be read."""
     try:
-        with np.load(root / corr_rel) as z:
-            arrays = {name: z[name] for name in z.files}
-        corr_ok = True
+        with np.load(r.root / r.rec["correspondences"]) as z:
+            return {name: z[name] for name in z.files}
     except FileNotFoundError:
-        problems.append(Problem(str(corr_rel), "correspondences", "file not found", sid))
+        r.add(r.corr, "correspondences", "file not found")
     except Exception as e:
-        problems.append(Problem(str(corr_rel), "correspondences", f"unreadable ({type(e).__name__}: {e})", sid))
+        r.add(r.corr, "correspondences", f"unreadable ({type(e).__name__}: {e})")
+    return None
 
-    if text_encoder is not None and isinstance(rec["prompt"], str):
-        over = text_encoder.overflow(rec["prompt"])
+
+def _check_prompt(r: _Record, refs: list[dict], text_encoder: Any) -> None:
+    """`prompt`: within the text encoder's length (with one), and containing every reference's phrase."""
+    prompt = r.rec["prompt"]
+    if text_encoder is not None and isinstance(prompt, str):
+        over = text_encoder.overflow(prompt)
         if over:
-            problems.append(Problem(line, "prompt", f"too long for the text encoder: {over}", sid))
+            r.add(r.line, "prompt", f"too long for the text encoder: {over}")
+    for k, ref in enumerate(refs):
+        if missing_phrases(prompt, [ref.get("phrase")]):
+            r.add(r.line, f"references[{k}].phrase", f"{ref.get('phrase')!r} is not in the prompt {prompt!r}")
+
+
+def _check_counts(r: _Record, refs: list[dict], arrays: dict[str, np.ndarray] | None) -> None:
+    """`k`: at least one reference, and equal to the counts of references, masks and correspondence arrays
+    (which must each name a reference)."""
     if not refs:
-        problems.append(Problem(line, "k", "K = 0: a sample needs at least one reference", sid))
-    for k, r in enumerate(refs):
-        if missing_phrases(rec["prompt"], [r.get("phrase")]):
-            problems.append(Problem(line, f"references[{k}].phrase", f"{r.get('phrase')!r} is not in the prompt "
-                                    f"{rec['prompt']!r}", sid))
-    n_masks = sum("mask" in r for r in refs)
-    counts = {"k": rec["k"], "references": len(refs), "masks": n_masks}
-    if corr_ok:
+        r.add(r.line, "k", "K = 0: a sample needs at least one reference")
+    counts = {"k": r.rec["k"], "references": len(refs), "masks": sum("mask" in ref for ref in refs)}
+    if arrays is not None:
         counts["correspondence arrays"] = len(arrays)
     if len(set(counts.values())) > 1:
-        problems.append(Problem(line, "k", "K disagrees: " + ", ".join(f"{n} = {v}" for n, v in counts.items()), sid))
+        r.add(r.line, "k", "K disagrees: " + ", ".join(f"{n} = {v}" for n, v in counts.items()))
     expected = {f"ref{k}" for k in range(len(refs))}
-    for name in sorted(set(arrays) - expected):
-        problems.append(Problem(str(corr_rel), name, f"array for no reference (sample has {len(refs)})", sid))
+    for name in sorted(set(arrays or {}) - expected):
+        r.add(r.corr, name, f"array for no reference (sample has {len(refs)})")
 
-    pixels: dict[int, np.ndarray] = {}  # reference -> the target pixels (row-major) it claims
+
+def _check_array(r: _Record, k: int, ref: dict, arrays: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """Reference k's array `ref<k>`: present, integer [P, 4], of its `num_points`; None when unusable."""
+    name = f"ref{k}"
+    if arrays is None or name not in arrays:
+        if arrays is not None:
+            r.add(r.corr, name, "missing array")
+        return None
+    p = arrays[name]
+    if p.ndim != 2 or p.shape[1] != 4 or not np.issubdtype(p.dtype, np.integer):
+        r.add(r.corr, name, f"expected integer [P, 4], got {p.dtype} {list(p.shape)}")
+        return None
+    if "num_points" in ref and ref["num_points"] != len(p):
+        r.add(r.line, f"references[{k}].num_points", f"{ref['num_points']} but {name} has {len(p)}")
+    return p
+
+
+def _in_bounds(r: _Record, name: str, p: np.ndarray, sizes: tuple) -> np.ndarray:
+    """Which points of array `name` lie inside both images (`sizes`: reference, target; None: unknown);
+    reports the others."""
+    ok = np.ones(len(p), bool)
+    for what, cols, size in (("reference", slice(0, 2), sizes[0]), ("target", slice(2, 4), sizes[1])):
+        if size is None:
+            continue
+        bad = _out_of_range(p[:, cols], size)
+        ok &= ~bad
+        if bad.any():
+            y, x = p[bad][0, cols]
+            r.add(r.corr, name, f"{int(bad.sum())} {what} coordinates outside the "
+                  f"{size[0]}x{size[1]} image, first ({int(y)}, {int(x)})")
+    return ok
+
+
+def _check_points(r: _Record, refs: list[dict], arrays: dict[str, np.ndarray] | None, sizes: tuple,
+                  spec: TokenSpec | None) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Each reference's correspondence array (`sizes`: reference sizes, target size); returns the target pixels
+    (row-major) and, with a spec the target matches, the target tokens each reference's valid points claim."""
+    ref_sizes, tsize = sizes
+    pixels: dict[int, np.ndarray] = {}
     tokens: dict[int, np.ndarray] = {}
-    for k, r in enumerate(refs):
-        name = f"ref{k}"
-        if name not in arrays:
-            if corr_ok:
-                problems.append(Problem(str(corr_rel), name, "missing array", sid))
+    for k, ref in enumerate(refs):
+        p = _check_array(r, k, ref, arrays)
+        if p is None:
             continue
-        p = arrays[name]
-        if p.ndim != 2 or p.shape[1] != 4 or not np.issubdtype(p.dtype, np.integer):
-            problems.append(Problem(str(corr_rel), name, f"expected integer [P, 4], got {p.dtype} {list(p.shape)}",
-                                    sid))
-            continue
-        if "num_points" in r and r["num_points"] != len(p):
-            problems.append(Problem(line, f"references[{k}].num_points",
-                                    f"{r['num_points']} but {name} has {len(p)}", sid))
-        ok = np.ones(len(p), bool)
-        for what, cols, size in (("reference", slice(0, 2), ref_sizes[k]), ("target", slice(2, 4), tsize)):
-            if size is None:
-                continue
-            bad = _out_of_range(p[:, cols], size)
-            ok &= ~bad
-            if bad.any():
-                y, x = p[bad][0, cols]
-                problems.append(Problem(str(corr_rel), name, f"{int(bad.sum())} {what} coordinates outside the "
-                                        f"{size[0]}x{size[1]} image, first ({int(y)}, {int(x)})", sid))
+        ok = _in_bounds(r, f"ref{k}", p, (ref_sizes[k], tsize))
         if tsize is not None:
             pixels[k] = np.unique(p[ok][:, 2].astype(np.int64) * tsize[1] + p[ok][:, 3])
             if spec is not None and tuple(tsize) == tuple(spec.target_size):
                 tokens[k] = np.unique(pixel_to_token(p[ok][:, 2], p[ok][:, 3], tsize, spec.downsample, spec.patch))
+    return pixels, tokens
 
+
+def _check_shared(r: _Record, pixels: dict[int, np.ndarray], tokens: dict[int, np.ndarray],
+                  tsize: tuple[int, int] | None) -> None:
+    """`correspondences` and `target tokens`: no target pixel (token) claimed by two references."""
     for field, claims, name in (("correspondences", pixels, "pixel"), ("target tokens", tokens, "token")):
         ids, counts = np.unique(np.concatenate([np.zeros(0, np.int64), *claims.values()]), return_counts=True)
         shared = ids[counts > 1]
@@ -154,38 +211,42 @@ def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | 
             first = int(shared[0])
             where = f"({first // tsize[1]}, {first % tsize[1]})" if name == "pixel" else str(first)
             by = [k for k, c in claims.items() if first in c]
-            problems.append(Problem(str(corr_rel), field, f"{len(shared)} target {name}s claimed by more than one "
-                                    f"reference, first {name} {where} by references {by}", sid))
+            r.add(r.corr, field, f"{len(shared)} target {name}s claimed by more than one "
+                  f"reference, first {name} {where} by references {by}")
 
 
-def validate_dataset(root: str | os.PathLike, spec: TokenSpec | None = None, text_encoder: Any = None
-                     ) -> list[Problem]:
-    """All problems found in the dataset folder `root` (empty list: the dataset is valid).
+def _check_sample(root: Path, rec: dict[str, Any], line: str, spec: TokenSpec | None, text_encoder: Any,
+                  problems: list[Problem]) -> None:
+    """Every problem of one sample's record and files, field by field, appended to `problems`."""
+    r = _Record(root, rec, line, problems)
+    refs = rec["references"]
+    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
+        r.add(line, "references", "expected a list of objects")
+        return
+    tsize = _check_target(r, spec)
+    ref_sizes = _check_reference_images(r, refs, tsize)
+    arrays = _load_correspondences(r)
+    _check_prompt(r, refs, text_encoder)
+    _check_counts(r, refs, arrays)
+    pixels, tokens = _check_points(r, refs, arrays, (ref_sizes, tsize), spec)
+    _check_shared(r, pixels, tokens, tsize)
 
-    With a `text_encoder` (mosaic.model.text: anything with `overflow(prompt)`), also reports the
-    prompts it would truncate.
 
-    With a `TokenSpec`, also checks the target size against it and reports target tokens
-    claimed by more than one reference: the conflicts `map_correspondences(strict=True)`
-    raises on (non-strict mode resolves them by majority vote, dropping points). Subjects
-    that touch share boundary tokens, so expect these on occluding layouts.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        return [Problem(str(root), "-", "not a dataset folder")]
-    problems: list[Problem] = []
-    meta = None
+def _read_metadata(root: Path, problems: list[Problem]) -> Any:
+    """The dataset's metadata (None after reporting it missing or unreadable)."""
     if not (root / METADATA).exists():
         problems.append(Problem(METADATA, "-", "missing: the dataset is unfinished (written by an interrupted run?)"))
-    else:
-        try:
-            meta = json.loads((root / METADATA).read_text())
-        except Exception as e:
-            problems.append(Problem(METADATA, "-", f"unreadable ({type(e).__name__}: {e})"))
-    if not (root / MANIFEST).exists():
-        problems.append(Problem(MANIFEST, "-", "missing"))
-        return problems
+        return None
+    try:
+        return json.loads((root / METADATA).read_text())
+    except Exception as e:
+        problems.append(Problem(METADATA, "-", f"unreadable ({type(e).__name__}: {e})"))
+    return None
 
+
+def _read_records(root: Path, problems: list[Problem]) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The manifest's records with every required field, each with its line name, and the count of
+    non-blank lines; reports lines that are not JSON objects or lack a required field."""
     records: list[tuple[str, dict[str, Any]]] = []
     n_lines = 0
     with open(root / MANIFEST) as f:
@@ -207,6 +268,30 @@ def validate_dataset(root: str | os.PathLike, spec: TokenSpec | None = None, tex
                 problems.append(Problem(line, k, "missing field", rec.get("id")))
             if not missing:
                 records.append((line, rec))
+    return records, n_lines
+
+
+def validate_dataset(root: str | os.PathLike, spec: TokenSpec | None = None, text_encoder: Any = None
+                     ) -> list[Problem]:
+    """All problems found in the dataset folder `root` (empty list: the dataset is valid).
+
+    With a `text_encoder` (mosaic.model.text: anything with `overflow(prompt)`), also reports the
+    prompts it would truncate.
+
+    With a `TokenSpec`, also checks the target size against it and reports target tokens
+    claimed by more than one reference: the conflicts `map_correspondences(strict=True)`
+    raises on (non-strict mode resolves them by majority vote, dropping points). Subjects
+    that touch share boundary tokens, so expect these on occluding layouts.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return [Problem(str(root), "-", "not a dataset folder")]
+    problems: list[Problem] = []
+    meta = _read_metadata(root, problems)
+    if not (root / MANIFEST).exists():
+        problems.append(Problem(MANIFEST, "-", "missing"))
+        return problems
+    records, n_lines = _read_records(root, problems)
     if n_lines == 0:
         problems.append(Problem(MANIFEST, "-", "empty manifest: no samples"))
     if isinstance(meta, dict) and "num_samples" in meta and meta["num_samples"] != n_lines:

@@ -53,7 +53,8 @@ def write_bounds(dataset: str | os.PathLike, bound: str, seeds: list[int], out: 
     def generate(req: Request, seed: int):
         return bound_image(root, recs[req.id], bound, cfg), None
     info = {"variant": bound, "dataset": str(root)}
-    return write_outputs(generate, requests, seeds, out, method or bound, info, {"bound": bound}, overwrite)
+    return write_outputs(generate, requests, seeds, out, method or bound, {"model": info, "settings": {"bound": bound}},
+                         overwrite)
 
 
 def run(args: argparse.Namespace) -> int:

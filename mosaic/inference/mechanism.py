@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .attention_scores import mask_shares, point_hits, subject_leakage
+from ..components import Components
 from ..config import Config
 from ..data.dataset import collate
 from ..flow import add_noise, encode_batch, guidance_for, step_generator, velocity
@@ -53,10 +54,10 @@ def attention(model, enc, batch: dict[str, Any], t: float, blocks, g: torch.Gene
     return pm, reference_distributions(pm, batch["point_mask"].to(pm.device))
 
 
-def evaluate(model, codec, text_encoder, dataset, cfg: Config, device, dtype,
-             ext=None) -> tuple[dict[str, float], list]:
+def evaluate(parts: Components, dataset, cfg: Config) -> tuple[dict[str, float], list]:
     """Metrics per timestep and overall, plus the figure rows (target, references, masks, a) of the
     first `eval.figure_samples` samples at the middle timestep."""
+    model = parts.model
     n = len(dataset) if cfg.eval.max_samples is None else min(cfg.eval.max_samples, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=cfg.train.batch_size, collate_fn=collate)
     ts = cfg.eval.timesteps
@@ -66,17 +67,17 @@ def evaluate(model, codec, text_encoder, dataset, cfg: Config, device, dtype,
     was_training = model.training
     model.eval()
     for i, batch in enumerate(loader):
-        enc = encode_batch(batch, batch["prompt"], codec, text_encoder, device, dtype, with_refs=True)
+        enc = encode_batch(parts, batch, batch["prompt"], with_refs=True)
         valid = batch["point_mask"].any(-1)
         token_masks = batch["token_masks"].flatten(2)
         uniform = mask_shares(torch.ones(token_masks.shape), token_masks, batch["ref_mask"], valid)
         chance.append(uniform[0])
         own_chance.append(uniform[1])
         nb = len(batch["prompt"])
-        guidance = guidance_for(model, nb, cfg.train.guidance, device)
+        guidance = guidance_for(model, nb, cfg.train.guidance, parts.device)
         for j, t in enumerate(ts):
             pm, a = attention(model, enc, batch, t, cfg.loss.blocks, step_generator(cfg.train.seed, 2**31 + i, j),
-                              guidance, ext)
+                              guidance, parts.ext)
             hit = point_hits(pm.cpu(), batch["target_tokens"], enc.target_grid) & batch["point_mask"]
             hits[j] += int(hit.sum())
             counts[j] += int(batch["point_mask"].sum())
@@ -145,10 +146,10 @@ def draw_figure(rows: list, path: Path, title: str) -> Path:
     return path
 
 
-def evaluate_run(model, codec, text_encoder, dataset, cfg: Config, device, dtype, out: Path, logger,
-                 ext=None) -> dict[str, float]:
-    """Evaluate on the val dataset, write mechanism.json and the figure, log both to MLflow."""
-    results, rows = evaluate(model, codec, text_encoder, dataset, cfg, device, dtype, ext)
+def evaluate_run(parts: Components, dataset, cfg: Config, out: Path, logger) -> dict[str, float]:
+    """Evaluate on the val dataset, write mechanism.json and the figure, log both to MLflow (`logger`: None or
+    the run's MLflow logger)."""
+    results, rows = evaluate(parts, dataset, cfg)
     atomic_write(out / METRICS_FILE, json.dumps(results, indent=2, sort_keys=True))
     fig = draw_figure(rows, out / ATTENTION_FIGURE, f"{cfg.variant}: reference -> target attention, "
                       f"t={cfg.eval.timesteps[len(cfg.eval.timesteps) // 2]:g}") if rows else None

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..components import build_components
+from ..components import Components, build_components
 from ..infra.artefacts import PROVENANCE_FILE
 from ..config import from_dict, load_config
 from ..data.benchmarks import benchmark_record, load_benchmark
@@ -134,20 +134,29 @@ def prepare_reference(img, size: int, how: str = "upstream") -> np.ndarray:
     raise ValueError(f"reference preprocessing {how!r}: expected one of {REF_PREPROCESS}")
 
 
-class Sampler:
-    """A model with its codec and text encoder, sampling one image per call."""
+@dataclass(frozen=True)
+class Sampling:
+    """How `sample_run` samples each image: Euler steps, the guidance embedding (None: the run's), classifier-free
+    guidance on the prompt (1: off), per-reference attention maps, and whether the references are fed at all."""
 
-    def __init__(self, model, codec, text_encoder, target_size: int, ref_size: int, extension=None,
-                 guidance: float = 1.0, attn_blocks=None, info: dict[str, Any] | None = None,
-                 ref_preprocess: str = "upstream", ref_posterior: str = "sample"):
-        self.model, self.codec, self.text_encoder, self.extension = model.eval(), codec, text_encoder, extension
+    steps: int = 28
+    guidance: float | None = None
+    cfg_scale: float = 1.0
+    attention: bool = False
+    references: bool = True
+
+
+class Sampler:
+    """A run's built parts (mosaic.components), sampling one image per call."""
+
+    def __init__(self, parts: Components, target_size: int, ref_size: int, guidance: float = 1.0, attn_blocks=None,
+                 info: dict[str, Any] | None = None, ref_preprocess: str = "upstream", ref_posterior: str = "sample"):
+        self.parts, self.model = parts, parts.model.eval()
         self.target_size, self.ref_size, self.guidance, self.attn_blocks = target_size, ref_size, guidance, attn_blocks
         if ref_preprocess not in REF_PREPROCESS:
             raise ValueError(f"ref_preprocess {ref_preprocess!r}: expected one of {REF_PREPROCESS}")
         self.ref_preprocess, self.ref_posterior = ref_preprocess, ref_posterior  # posterior: "sample" or "mode"
         self.info = info or {}
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
 
     @classmethod
     def from_run(cls, run: str | os.PathLike, device: str | torch.device | None = None,
@@ -171,20 +180,20 @@ class Sampler:
         elif not lora.is_file():
             raise FileNotFoundError(f"{lora}: the run's LoRA is missing (did the training finish?)")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, codec, text_encoder = build_components(dataclasses.replace(
+        parts = build_components(dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, gradient_checkpointing=False)), device)
         if cfg.train.mode == "lora":
-            model.load_lora(lora)
-        ext = attach_extension(cfg, model, run)
-        model.to(device)
+            parts.model.load_lora(lora)
+        parts.ext = attach_extension(cfg, parts.model, run)
+        parts.model.to(device)
         guidance = FLUX_DEV_GUIDANCE if cfg.model.flavour == "flux-dev" else cfg.train.guidance
         info = {"run": str(run.resolve()), "variant": cfg.variant, "flavour": cfg.model.flavour,
                 "pos_scheme": cfg.model.pos_scheme, "extension": cfg.model.extension,
                 "weights": cfg.model.weights, "lora": str(lora.resolve()) if cfg.train.mode == "lora" else None}
         info["ref_guidance"] = cfg.model.ref_guidance
         posterior = "sample" if cfg.model.vae_posterior == "upstream" else "mode"
-        return cls(model, codec, text_encoder, cfg.data.target_size, cfg.data.ref_size, ext, guidance,
-                   cfg.loss.blocks, info, ref_preprocess, posterior)
+        return cls(parts, cfg.data.target_size, cfg.data.ref_size, guidance, cfg.loss.blocks, info, ref_preprocess,
+                   posterior)
 
     @torch.no_grad()
     def generate(self, prompt: str, references: list, seed: int, steps: int = 28, guidance: float | None = None,
@@ -198,25 +207,25 @@ class Sampler:
         k = len(references)
         if phrases is not None and len(phrases) != k:
             raise ValueError(f"{len(phrases)} phrases for {k} references")
-        dev, dt = self.device, self.dtype
-        grid = self.codec.grid(self.target_size, self.target_size)
+        dev, dt, codec, ext = self.parts.device, self.parts.dtype, self.parts.codec, self.parts.ext
+        grid = codec.grid(self.target_size, self.target_size)
         n_tokens = grid[0] * grid[1]
         refs = ref_mask = ref_grid = None
         if k:
             imgs = torch.stack([torch.from_numpy(prepare_reference(r, self.ref_size, self.ref_preprocess).copy())
                                 for r in references]).permute(0, 3, 1, 2)
             post = torch.Generator().manual_seed(int(seed) + 1) if self.ref_posterior == "sample" else None
-            refs = self.codec.encode(imgs.to(dev).float().div(127.5).sub(1), post).unsqueeze(0).to(dt)
+            refs = codec.encode(imgs.to(dev).float().div(127.5).sub(1), post).unsqueeze(0).to(dt)
             ref_mask = torch.ones(1, k, dtype=torch.bool, device=dev)
-            ref_grid = self.codec.grid(self.ref_size, self.ref_size)
+            ref_grid = codec.grid(self.ref_size, self.ref_size)
         x0 = torch.zeros(1, n_tokens, self.model.in_channels, device=dev, dtype=dt)  # shape only
 
         def condition(text_prompt: str):
-            text, pooled = self.text_encoder.encode([text_prompt])
+            text, pooled = self.parts.text_encoder.encode([text_prompt])
             batch = {"prompt": [text_prompt], "phrases": [list(phrases or [""] * k)], "ref_mask": ref_mask,
                      "ref_tokens": torch.zeros(1, k, 0, dtype=torch.long)}
             enc = Encoded(x0, refs, ref_mask, text.to(dev, dt), pooled.to(dev, dt), grid, ref_grid)
-            extra = self.extension.forward_kwargs(self.model, batch, [text_prompt], enc) if self.extension else {}
+            extra = ext.forward_kwargs(self.model, batch, [text_prompt], enc) if ext else {}
             return batch, enc, extra
 
         batch, enc, extra = condition(prompt)
@@ -238,7 +247,7 @@ class Sampler:
             if probe is not None:
                 m = probe.maps()[0].mean(1).float()  # [K, Nt]: mean over the reference's tokens
                 total = m if total is None else total + m
-        img = self.codec.decode(x.float(), (self.target_size, self.target_size))[0]
+        img = codec.decode(x.float(), (self.target_size, self.target_size))[0]
         img = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         maps = None if total is None else (total / len(timesteps)).reshape(k, *grid).cpu().numpy()
         return img, maps
@@ -281,13 +290,12 @@ def manifest_record(req: Request, image: str, method: str, seed: int) -> dict[st
 
 
 def write_outputs(generate, requests: list[Request], seeds: list[int], out: str | os.PathLike, method: str,
-                  info: dict[str, Any], settings: dict[str, Any], overwrite: bool = False,
-                  request_meta=None) -> Path:
+                  meta: dict[str, Any], overwrite: bool = False, request_meta=None) -> Path:
     """Generate every (request, seed) into `out` (see the module docstring); returns `out`.
 
     generate(request, seed) -> (uint8 image [H, W, 3], attention maps [K, th, tw] or None);
-    `info` and `settings` go into every manifest line's meta (model identity, sampler settings), and
-    so does request_meta(request) if given (e.g. whether the text encoder cut the prompt).
+    `meta` goes into every manifest line's meta (its "model": the model's identity, "settings": the sampler's),
+    and so does request_meta(request) if given (e.g. whether the text encoder cut the prompt).
     """
     out = Path(out)
     lines = []
@@ -299,40 +307,39 @@ def write_outputs(generate, requests: list[Request], seeds: list[int], out: str 
                 img, maps = generate(req, seed)
                 Image.fromarray(img).save(tmp / "images" / f"{name}.png")
                 rec = manifest_record(req, f"images/{name}.png", method, seed)
-                meta = {"model": info, "settings": settings, **(request_meta(req) if request_meta else {})}
+                rec["meta"] = {**meta, **(request_meta(req) if request_meta else {})}
                 if maps is not None:
                     (tmp / "attention").mkdir(exist_ok=True)
-                    meta["attention_maps"] = [_save_map(m, tmp / "attention" / f"{name}_ref{j}.png", img.shape[:2])
-                                              for j, m in enumerate(maps)]
-                rec["meta"] = meta
+                    rec["meta"]["attention_maps"] = [_save_map(m, tmp / "attention" / f"{name}_ref{j}.png",
+                                                               img.shape[:2]) for j, m in enumerate(maps)]
                 lines.append(json.dumps(rec))
         (tmp / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
     return out
 
 
 def sample_run(run: "str | os.PathLike | Sampler", requests: list[Request], seeds: list[int], out: str | os.PathLike,
-               steps: int = 28, guidance: float | None = None, attention: bool = False, method: str = "",
-               device: str | None = None, overwrite: bool = False, cfg_scale: float = 1.0,
-               ref_preprocess: str = "upstream", references: bool = True) -> Path:
-    """Sample a training run (MOSAIC or a controlled baseline; a run folder or its loaded Sampler) into `out`.
-    `references=False`: the prompt alone (a base without references); the manifest still names the references,
-    so the metrics score the images against them."""
-    s = run if isinstance(run, Sampler) else Sampler.from_run(run, device, ref_preprocess)
-    settings = {"steps": steps, "guidance": s.guidance if guidance is None else guidance, "cfg_scale": cfg_scale,
-                "target_size": s.target_size, "ref_size": s.ref_size, "ref_preprocess": s.ref_preprocess,
-                "ref_guidance": s.info.get("ref_guidance"), "ref_posterior": s.ref_posterior,
-                "scheduler": "FlowMatchEulerDiscreteScheduler", "references": references, **FLUX_SCHEDULER}
+               sampling: Sampling = Sampling(), method: str = "", overwrite: bool = False) -> Path:
+    """Sample a training run (MOSAIC or a controlled baseline; a run folder, loaded on the default device with
+    upstream's reference preprocessing, or its loaded Sampler) into `out`. `sampling.references=False`: the prompt
+    alone (a base without references); the manifest still names the references, so the metrics score the images
+    against them."""
+    s, o = (run if isinstance(run, Sampler) else Sampler.from_run(run)), sampling
+    settings = {"steps": o.steps, "guidance": s.guidance if o.guidance is None else o.guidance,
+                "cfg_scale": o.cfg_scale, "target_size": s.target_size, "ref_size": s.ref_size,
+                "ref_preprocess": s.ref_preprocess, "ref_guidance": s.info.get("ref_guidance"),
+                "ref_posterior": s.ref_posterior, "scheduler": "FlowMatchEulerDiscreteScheduler",
+                "references": o.references, **FLUX_SCHEDULER}
 
     def generate(req: Request, seed: int):
-        if not references:
-            return s.generate(req.prompt, [], seed, steps, guidance, None, False, cfg_scale)
-        return s.generate(req.prompt, req.references, seed, steps, guidance, req.phrases or None, attention,
-                          cfg_scale)
+        if not o.references:
+            return s.generate(req.prompt, [], seed, o.steps, o.guidance, None, False, o.cfg_scale)
+        return s.generate(req.prompt, req.references, seed, o.steps, o.guidance, req.phrases or None, o.attention,
+                          o.cfg_scale)
 
     def truncation(req: Request) -> dict[str, Any]:  # the text encoder keeps only its first max_length tokens
-        return {"prompt_truncated": s.text_encoder.overflow(req.prompt)}
-    return write_outputs(generate, requests, seeds, out, method or s.info.get("variant", ""), s.info, settings,
-                         overwrite, truncation)
+        return {"prompt_truncated": s.parts.text_encoder.overflow(req.prompt)}
+    return write_outputs(generate, requests, seeds, out, method or s.info.get("variant", ""),
+                         {"model": s.info, "settings": settings}, overwrite, truncation)
 
 
 def _save_map(m: np.ndarray, path: Path, size_hw: tuple[int, int]) -> str:
@@ -397,8 +404,8 @@ def requests_from_args(args: argparse.Namespace) -> list[Request]:
 def run(args: argparse.Namespace) -> int:
     """`mosaic sample --run RUN` (the CLI sends --baseline to baselines.sample)."""
     requests = requests_from_args(args)
-    out = sample_run(args.run, requests, args.seeds, args.out, args.steps, args.guidance, args.attention,
-                     args.method or "", args.device, args.overwrite, args.cfg_scale, args.ref_preprocess,
-                     not args.no_references)
+    sampler = Sampler.from_run(args.run, args.device, args.ref_preprocess)
+    sampling = Sampling(args.steps, args.guidance, args.cfg_scale, args.attention, not args.no_references)
+    out = sample_run(sampler, requests, args.seeds, args.out, sampling, args.method or "", args.overwrite)
     print(f"wrote {len(requests) * len(args.seeds)} images to {out}")
     return 0

@@ -13,6 +13,7 @@ which makes it an independent check of the fused decomposition in `fused.py`.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,19 @@ def per_branch_forward(model, target, refs, ref_mask, text, pooled, timestep, gu
     return torch.cat(outs)
 
 
+def _joint_attention(qkv, freqs, mask, sizes):
+    """One SDPA over every branch: a list of (q, k, v) [1, n, H, d] per branch -> a list of outputs [1, n, H*d]."""
+    q, k, v = (torch.cat([x[j] for x in qkv], 1) for j in range(3))
+    q, k = apply_rotary_emb(q, freqs, sequence_dim=1), apply_rotary_emb(k, freqs, sequence_dim=1)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return o.transpose(1, 2).flatten(2).split(sizes, dim=1)
+
+
+def split_heads(a, x):
+    """[1, n, H*d] -> [1, n, H, d] for attention module `a`."""
+    return x.unflatten(-1, (-1, a.head_dim))
+
+
 def _one_sample(model, target, refs, text, pooled, timestep, guidance, target_grid, ref_grid):
     tr = model.transformer
     temb_t, temb_0 = model.time_embeddings(timestep, guidance, pooled)
@@ -73,15 +87,7 @@ def _one_sample(model, target, refs, text, pooled, timestep, guidance, target_gr
     owner = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
     is_ref = torch.tensor([br[0] == "ref" for br in branches])[owner]
     mask = ~is_ref[:, None] | ~is_ref[None, :] | (owner[:, None] == owner[None, :])  # [N, N], True = attend
-
-    def joint_attention(qkv):  # list of (q, k, v) [1, n, H, d] per branch -> list of outputs [1, n, H*d]
-        q, k, v = (torch.cat([x[j] for x in qkv], 1) for j in range(3))
-        q, k = apply_rotary_emb(q, freqs, sequence_dim=1), apply_rotary_emb(k, freqs, sequence_dim=1)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        return o.transpose(1, 2).flatten(2).split(sizes, dim=1)
-
-    def split_heads(a, x):
-        return x.unflatten(-1, (-1, a.head_dim))
+    joint_attention = partial(_joint_attention, freqs=freqs, mask=mask, sizes=sizes)
 
     for blk in tr.transformer_blocks:
         a, qkv, mods = blk.attn, [], []

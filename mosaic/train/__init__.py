@@ -22,11 +22,11 @@ A restart with the same output folder resumes from its latest checkpoint and reo
 same MLflow run. A non-finite loss stops training with an error naming the step, before any
 update or checkpoint of the bad state; SIGTERM saves a checkpoint, then exits.
 
-Modules: `loop` (train(), top to bottom), `data` (batches and dropout), `objective` (the loss of
-one batch), `checkpoint` (save, resume, export), `resume` (the workflow's run-folder contract),
-`distributed` (process group and DeepSpeed engine, ZeRO 0-3), `partitioned` (ZeRO-3's sliced weights:
-the EMA of each rank's slices, gathering for the export), `callbacks` (fault injection, SIGTERM),
-`run_logger` (the run's MLflow logger).
+Modules: `loop` (train(): a `Trainer` built, stepped by `train_step`, finished; top to bottom), `data`
+(batches and dropout), `objective` (the loss of one batch), `checkpoint` (save, resume, export), `resume`
+(the workflow's run-folder contract), `distributed` (process group and DeepSpeed engine, ZeRO 0-3),
+`partitioned` (ZeRO-3's sliced weights: the EMA of each rank's slices, gathering for the export),
+`callbacks` (fault injection, SIGTERM), `run_logger` (the run's MLflow logger).
 """
 from __future__ import annotations
 

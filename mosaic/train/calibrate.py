@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..components import Components
 from ..config import Config
 from ..flow import encode_batch, step_generator
 from ..infra.runfolder import atomic_write
@@ -47,17 +48,18 @@ class Unwrapped(torch.nn.Module):
         return self.module(*args, **kwargs)
 
 
-def gradient_norms(model, cfg: Config, batches, codec, text_encoder, device, dtype, ext=None) -> dict[str, float]:
+def gradient_norms(parts: Components, cfg: Config, batches) -> dict[str, float]:
     """Mean gradient norm over the trainable parameters of the diffusion, SCAL and MDL terms, each alone
-    (`model`: the trainer's model before DeepSpeed wraps it)."""
+    (`parts.model`: the trainer's model before DeepSpeed wraps it)."""
+    model = parts.model
     unit = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, alpha=1.0, beta=1.0, beta_warmup=None))
     engine = Unwrapped(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    sums, n = torch.zeros(3, dtype=torch.float64, device=device), 0
+    sums, n = torch.zeros(3, dtype=torch.float64, device=parts.device), 0
     for i, batch in enumerate(batches):
         prompts = list(batch["prompt"])
-        enc = encode_batch(batch, prompts, codec, text_encoder, device, dtype, with_refs=True)
-        losses = forward_losses(engine, enc, batch, prompts, unit, 0, step_generator(cfg.train.seed, 0, i), ext)
+        enc = encode_batch(parts, batch, prompts, with_refs=True)
+        losses = forward_losses(engine, enc, batch, prompts, unit, 0, step_generator(cfg.train.seed, 0, i), parts.ext)
         if "scal" not in losses:
             raise ValueError("loss.calibrate: the batches carry no references, so SCAL and MDL have no gradient")
         for j, name in enumerate(("diff", "scal", "mdl")):
@@ -71,10 +73,9 @@ def gradient_norms(model, cfg: Config, batches, codec, text_encoder, device, dty
     return {"g_diff": g_diff, "g_scal": g_scal, "g_mdl": g_mdl, "batches": n}
 
 
-def calibrated(cfg: Config, out: Path, model, stages, codec, text_encoder, device, dtype, ext=None
-               ) -> tuple[Config, dict]:
+def calibrated(cfg: Config, out: Path, parts: Components, stages) -> tuple[Config, dict]:
     """(`cfg` with the weights of its `loss.calibrate` rule, the calibration record); for "none", (cfg, {}).
-    Measured on `model` before DeepSpeed wraps it; read back from the run folder when the run will resume
+    Measured on `parts.model` before DeepSpeed wraps it; read back from the run folder when the run will resume
     from a checkpoint, so a resumed run keeps the weights it started with."""
     rule = cfg.loss.calibrate
     if rule == "none":
@@ -86,8 +87,7 @@ def calibrated(cfg: Config, out: Path, model, stages, codec, text_encoder, devic
                                     f"no record of its calibrated weights; delete {out} to start it afresh")
         record = json.loads(path.read_text())
     else:
-        m = gradient_norms(model, cfg, batch_stream(stages, 0, cfg.loss.calibrate_batches), codec, text_encoder,
-                           device, dtype, ext)
+        m = gradient_norms(parts, cfg, batch_stream(stages, 0, cfg.loss.calibrate_batches))
         weights = {}
         for name, ratio, key in (("alpha", cfg.loss.alpha, "g_scal"), ("beta", cfg.loss.beta, "g_mdl")):
             if ratio > 0 and not m[key] > 0:

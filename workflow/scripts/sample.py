@@ -30,9 +30,8 @@ def mechanism(sampler, run: Path, data: Path) -> tuple[dict, list, str]:
     from mosaic.infra.runfolder import CONFIG_FILE
 
     cfg = load_config(run / CONFIG_FILE)
-    ds = load_dataset(str(data), cfg, sampler.codec, sampler.model.max_refs)
-    results, rows = mech.evaluate(sampler.model, sampler.codec, sampler.text_encoder, ds, cfg, sampler.device,
-                                  sampler.dtype, sampler.extension)
+    ds = load_dataset(str(data), cfg, sampler.parts.codec, sampler.model.max_refs)
+    results, rows = mech.evaluate(sampler.parts, ds, cfg)
     t = cfg.eval.timesteps[len(cfg.eval.timesteps) // 2]
     return results, rows, f"{cfg.variant}, {data.name}\nteacher-forced, t={t:g}"
 
@@ -48,7 +47,7 @@ def write_mechanism(results: dict, rows: list, title: str, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from mosaic.infra.runfolder import atomic_dir
-    from mosaic.inference.sampler import Sampler, benchmark_requests, dataset_requests, sample_run
+    from mosaic.inference.sampler import Sampler, Sampling, benchmark_requests, dataset_requests, sample_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, type=Path)
@@ -76,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler.from_run(args.run, ref_preprocess=args.ref_preprocess)  # the one model load of this job
     measured = mechanism(sampler, args.run, args.dataset) if args.mechanism else None
     with atomic_dir(args.out, overwrite=True) as tmp:  # the sample folder appears with its mechanism files
-        sample_run(sampler, requests, args.seeds, tmp, steps=args.steps, attention=True, overwrite=True,
-                   cfg_scale=args.cfg_scale)
+        sample_run(sampler, requests, args.seeds, tmp, Sampling(args.steps, cfg_scale=args.cfg_scale, attention=True),
+                   overwrite=True)
         if measured is not None:
             write_mechanism(*measured, tmp)
     print(f"wrote {len(requests) * len(args.seeds)} images to {args.out}")
