@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # workflow.lib (the tables' MLflow reader) is not an installed package
+sys.path.insert(0, str(ROOT))  # the project's packages from this checkout, installed or not
 BASELINES = ("omnicontrol", "uno", "dreamo", "xverse")
 METHODS = ["ceiling", "base", "floor", "none", "scal", "mdl", "mosaic", "mosaic-paper", *BASELINES]
 METRICS = {m: f"metrics.img/{m}" for m in ("Own-Ref", "Other-Ref", "Shape-Acc", "DINO", "CLIP-I", "CLIP-T")}

@@ -1,7 +1,7 @@
 """A 2-step paper-profile training and an 8-step sample through the real trainer and sampler.
 
-The paper profile's LoRA training config (workflow/config/paper.yaml: training.common, training.lora,
-the `mosaic` method's loss weights; bench/memory_plan.profile_overrides) with flavour `flux-dev-random`
+The paper profile's MOSAIC LoRA training config (workflow/config/paper.yaml through the workflow's plan:
+training.common, training.lora, the `mosaic` method's loss weights; bench/memory_plan.profile_overrides) with flavour `flux-dev-random`
 (FLUX.1-dev's transformer at full size with random weights, a random FLUX-architecture VAE, hashed
 prompt features of T5's shape: no weights anywhere), on a small synthetic dataset at the profile's image
 sizes with K = 4 references (the data the paper trains on, Subjects200K collages, is not there). Then
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_plan import ROOT, profile_overrides  # noqa: E402
@@ -38,10 +37,8 @@ SMOKE = ["model.flavour=debug", "model.lora_rank=4", "train.precision=fp32", "da
 
 
 def config_items(profile: Path, data: Path, out: Path, steps: int, smoke: bool) -> list[str]:
-    paper = profile_overrides(profile)
-    method = yaml.safe_load(profile.read_text())["methods"]["mosaic"]["overrides"]
-    return [*paper, *(f"{k}={json.dumps(v)}" for k, v in method.items()), "model.flavour=flux-dev-random",
-            f"data.train={data}", f"train.output_dir={out}", f"train.steps={steps}", "train.checkpoint_every=0",
+    return [*profile_overrides(profile, 4), "model.flavour=flux-dev-random", f"data.train={data}", "data.val=null",
+            f"train.output_dir={out}", f"train.steps={steps}", "train.checkpoint_every=0",
             "tracking.enabled=false", "eval.enabled=false", "variant=mosaic", "profile=paper",
             *(SMOKE if smoke else [])]
 
